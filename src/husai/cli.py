@@ -1,0 +1,182 @@
+"""The ``husai`` command line: a thin typer app, one library call per command.
+
+User mistakes (``husai.errors.UserError``, which includes config errors) print one
+line to stderr and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="HUSAI: are SAE features stable across seeds?"
+)
+
+SetOpt = typer.Option(
+    None, "--set", help="Override a config field, e.g. --set sae.k=16 (repeatable)."
+)
+
+
+def _call(module: str, func: str, *args: Any, **kwargs: Any) -> Any:
+    """Import ``module.func`` and call it; user errors become one line and exit 2."""
+    from husai.errors import UserError
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and module.startswith(err.name):
+            typer.echo(f"error: this command is not built yet ({module} does not exist)", err=True)
+            raise typer.Exit(2) from None
+        raise
+    fn: Callable[..., Any] | None = getattr(mod, func, None)
+    if fn is None:
+        typer.echo(
+            f"error: this command is not built yet ({module}.{func} does not exist)", err=True
+        )
+        raise typer.Exit(2)
+    try:
+        return fn(*args, **kwargs)
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _load(path: Path, overrides: Optional[list[str]]) -> Any:
+    from husai.config import ConfigError, ExperimentConfig
+
+    try:
+        return ExperimentConfig.from_yaml(path, overrides or [])
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("train-model")
+def train_model(
+    config: Path = typer.Argument(..., help="Experiment/model YAML (task, model, train)."),
+    out: Path = typer.Option(Path("runs/models"), help="Parent directory of the model run."),
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Train the transformer on the modular task (full batch) and save checkpoints."""
+    run_dir = _call("husai.model.train", "train_model", _load(config, set_), out)
+    print(f"model run: {run_dir}")
+
+
+@app.command("extract")
+def extract(
+    model_dir: Path = typer.Argument(..., help="A model run directory."),
+    hook: list[str] = typer.Option(["blocks.0.hook_resid_post"], help="Hook name(s) to read."),
+    position: int = typer.Option(-1, help="Sequence position (-1: final)."),
+    out: Path = typer.Option(
+        Path("runs/activations"), help="Parent directory of the activation dirs."
+    ),
+) -> None:
+    """Extract activations at hook points for all p^2 inputs, with ground-truth Fourier planes."""
+    for path in _call(
+        "husai.activations", "extract_to_dirs", model_dir, hook, out, position=position
+    ):
+        print(f"activations: {path}")
+
+
+@app.command("train-saes")
+def train_saes(
+    config: Path = typer.Argument(..., help="Experiment YAML (sae, sae_train)."),
+    activations: Path = typer.Option(..., help="An activation directory from `husai extract`."),
+    out: Path = typer.Option(Path("runs/saes"), help="Parent directory; one subdirectory per SAE."),
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Train one batched group of SAEs (every seed at once) and write one directory per SAE."""
+    for path in _call(
+        "husai.saes.api", "train_saes_from_config", _load(config, set_), activations, out
+    ):
+        print(f"sae: {path}")
+
+
+@app.command("analyze")
+def analyze(
+    sae_dirs: list[Path] = typer.Argument(
+        ..., help="Two or more SAE directories (HUSAI or SAELens)."
+    ),
+    ground_truth: Optional[Path] = typer.Option(
+        None, help="Activation directory with Fourier planes."
+    ),
+    out: Path = typer.Option(Path("analysis.json"), help="Where to write the JSON results."),
+) -> None:
+    """Stability metrics across SAEs, each with its random baseline; optionally vs ground truth."""
+    table = _call("husai.metrics.analyze", "analyze_dirs", sae_dirs, ground_truth, out)
+    print(table)
+    print(f"json: {out}")
+
+
+@app.command("sweep")
+def sweep(
+    study: Path = typer.Argument(..., help="Study YAML."),
+    out: Optional[Path] = typer.Option(
+        None, help="Run store directory (default runs/<study-name>)."
+    ),
+    executor: str = typer.Option("local", help="'local' or 'ray'."),
+    address: Optional[str] = typer.Option(None, help="Ray address: auto or ray://host:port."),
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Run a study's SAE grid (resumable) and write results tables, without the report."""
+    run_dir = _call(
+        "husai.experiments",
+        "run_study",
+        study,
+        out=out,
+        executor=executor,
+        address=address,
+        overrides=set_ or [],
+        report=False,
+    )
+    print(f"study: {run_dir}")
+
+
+@app.command("report")
+def report(run_dir: Path = typer.Argument(..., help="A study run directory.")) -> None:
+    """Write report.html and report.md for a finished study."""
+    path = _call("husai.report", "build_report", run_dir)
+    print(f"report: {path}")
+
+
+@app.command("run")
+def run(
+    study: Path = typer.Argument(Path("configs/studies/default.yaml"), help="Study YAML."),
+    out: Optional[Path] = typer.Option(
+        None, help="Run store directory (default runs/<study-name>)."
+    ),
+    executor: str = typer.Option("local", help="'local' or 'ray'."),
+    address: Optional[str] = typer.Option(None, help="Ray address: auto or ray://host:port."),
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """The main job: model, activations, SAEs, metrics and the report, resumably."""
+    path = _call(
+        "husai.experiments",
+        "run_study",
+        study,
+        out=out,
+        executor=executor,
+        address=address,
+        overrides=set_ or [],
+        report=True,
+    )
+    print(f"report: {path}")
+
+
+@app.command("validate")
+def validate(config: Path = typer.Argument(...), set_: Optional[list[str]] = SetOpt) -> None:
+    """Validate an experiment config and print it resolved."""
+    print(_load(config, set_).to_yaml(), end="")
+
+
+def main() -> None:
+    app(prog_name="husai")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""Validated configuration for every HUSAI stage.
+
+All models are pydantic v2, frozen and ``extra="forbid"``: a typo'd key is an error,
+never a silent default. Derived values (vocabulary size, context length) are
+properties computed from the fields, never stored class-level arithmetic.
+
+Seeds that vary independently are independent fields:
+
+- ``task.data_seed``: the train/test split of the (a, b) pairs;
+- ``model.seed``: the transformer's initialisation;
+- ``sae_train.init_seeds``: one SAE initialisation per entry (one SAE per seed);
+- ``sae_train.data_seed``: the order in which activations are shown to the SAEs.
+
+Bad input raises :class:`ConfigError` whose message is one line naming the file, the
+dotted field path and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from husai.errors import UserError
+from husai.io import atomic_write_text
+
+OPS = ("add", "sub", "mul", "div")
+TokenFormat = Literal["a_b_eq", "a_op_b_eq"]
+
+
+class ConfigError(UserError):
+    """A user mistake in a config file or override. ``str(err)`` is one line."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TaskConfig(_Frozen):
+    """The algorithmic dataset: (a op b) mod p over all p^2 pairs."""
+
+    modulus: Annotated[int, Field(strict=True, ge=2)] = 113
+    """p, the modulus; an integer >= 2 (Nanda et al. 2023 use the prime 113)."""
+    op: Literal["add", "sub", "mul", "div"] = "add"
+    """The operation; 'div' needs a prime modulus and excludes b = 0."""
+    token_format: TokenFormat = "a_b_eq"
+    """'a_b_eq' = [a, b, =] (3 tokens) or 'a_op_b_eq' = [a, op, b, =] (4 tokens)."""
+    train_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
+    """Share of the pairs used for training, strictly between 0 and 1."""
+    data_seed: int = 598
+    """Seed of the train/test split."""
+
+    @model_validator(mode="after")
+    def _div_needs_prime(self) -> TaskConfig:
+        if self.op == "div" and not _is_prime(self.modulus):
+            raise ValueError(f"op 'div' needs a prime modulus, got {self.modulus}")
+        return self
+
+    @property
+    def d_vocab(self) -> int:
+        """Input vocabulary: p numbers, '=' (id p) and, in 'a_op_b_eq', 4 op tokens."""
+        return self.modulus + 1 + (len(OPS) if self.token_format == "a_op_b_eq" else 0)
+
+    @property
+    def n_ctx(self) -> int:
+        return 3 if self.token_format == "a_b_eq" else 4
+
+
+class ModelConfig(_Frozen):
+    """The transformer (a TransformerLens HookedTransformer); defaults are Nanda et al. 2023."""
+
+    n_layers: Annotated[int, Field(ge=1)] = 1
+    """Number of transformer blocks."""
+    d_model: Annotated[int, Field(ge=1)] = 128
+    """Residual stream width."""
+    n_heads: Annotated[int, Field(ge=1)] = 4
+    """Attention heads per block."""
+    d_head: Annotated[int, Field(ge=1)] = 32
+    """Width of each head."""
+    d_mlp: Annotated[int, Field(ge=1)] = 512
+    """MLP hidden width."""
+    act_fn: Literal["relu", "gelu"] = "relu"
+    """MLP activation."""
+    normalization: Literal["none", "LN"] = "none"
+    """'none' (Nanda et al.) or 'LN' (LayerNorm)."""
+    seed: int = 999
+    """Seed of the model's initialisation."""
+
+
+class TrainConfig(_Frozen):
+    """Full-batch AdamW training of the transformer (loss at the final position)."""
+
+    steps: Annotated[int, Field(ge=1)] = 1500
+    """Maximum number of full-batch steps."""
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    """AdamW learning rate."""
+    weight_decay: Annotated[float, Field(ge=0)] = 1.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW betas."""
+    warmup_steps: Annotated[int, Field(ge=0)] = 10
+    """Linear LR warmup steps."""
+    freeze_biases: bool = True
+    """Keep all biases at zero, as in Nanda et al.'s code."""
+    n_checkpoints: Annotated[int, Field(ge=1)] = 20
+    """Number of checkpoints, at log-spaced steps (plus the final step)."""
+    log_every: Annotated[int, Field(ge=1)] = 10
+    """Steps between evaluations of train/test loss and accuracy."""
+    early_stop_acc: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Stop once test accuracy has stayed >= this for ``early_stop_patience`` steps."""
+    early_stop_patience: Annotated[int, Field(ge=0)] = 200
+    """Steps test accuracy must hold above ``early_stop_acc`` before stopping."""
+
+
+class _SAEBase(_Frozen):
+    d_sae: Annotated[int, Field(ge=1)] = 512
+    """Number of latents (dictionary width)."""
+
+
+class _KMixin(_SAEBase):
+    k: Annotated[int, Field(ge=1)] = 16
+    """Active latents per sample (TopK) or on average per sample (BatchTopK)."""
+
+    @field_validator("k")
+    @classmethod
+    def _k_le_d_sae(cls, k: int, info: ValidationInfo) -> int:
+        d_sae = info.data.get("d_sae")
+        if d_sae is not None and k > d_sae:
+            raise ValueError(f"expected k <= d_sae ({d_sae}), got {k}")
+        return k
+
+
+class ReluSAEConfig(_SAEBase):
+    """ReLU SAE with an L1 penalty weighted by decoder column norms (SAELens 'standard')."""
+
+    arch: Literal["relu"] = "relu"
+    l1_coefficient: Annotated[float, Field(ge=0)] = 1e-3
+    """Weight of the norm-weighted L1 sparsity penalty."""
+
+
+class TopKSAEConfig(_KMixin):
+    """TopK SAE with AuxK loss (Gao et al. 2024)."""
+
+    arch: Literal["topk"] = "topk"
+    aux_coefficient: Annotated[float, Field(ge=0)] = 1 / 32
+    """Weight of the AuxK loss on dead latents."""
+
+
+class BatchTopKSAEConfig(_KMixin):
+    """BatchTopK SAE (Bussmann et al. 2024): top k*B activations over the batch."""
+
+    arch: Literal["batchtopk"] = "batchtopk"
+    aux_coefficient: Annotated[float, Field(ge=0)] = 1 / 32
+    """Weight of the AuxK loss on dead latents."""
+
+
+class JumpReLUSAEConfig(_SAEBase):
+    """JumpReLU SAE with an L0 penalty through a straight-through estimator (Rajamanoharan et al. 2024)."""
+
+    arch: Literal["jumprelu"] = "jumprelu"
+    l0_coefficient: Annotated[float, Field(ge=0)] = 1e-3
+    """Weight of the L0 sparsity penalty."""
+    bandwidth: Annotated[float, Field(gt=0)] = 1e-3
+    """Width of the rectangle kernel of the straight-through estimator."""
+    init_threshold: Annotated[float, Field(gt=0)] = 1e-3
+    """Initial threshold of every latent."""
+
+
+class MatryoshkaSAEConfig(_KMixin):
+    """Matryoshka BatchTopK SAE (Bussmann et al. 2025): nested prefix reconstructions."""
+
+    arch: Literal["matryoshka"] = "matryoshka"
+    prefixes: tuple[int, ...] | None = None
+    """Nested prefix sizes, ascending and ending at d_sae; default halves down to d_sae/8."""
+    aux_coefficient: Annotated[float, Field(ge=0)] = 1 / 32
+    """Weight of the AuxK loss on dead latents."""
+
+    @field_validator("prefixes")
+    @classmethod
+    def _check_prefixes(
+        cls, p: tuple[int, ...] | None, info: ValidationInfo
+    ) -> tuple[int, ...] | None:
+        d_sae = info.data.get("d_sae")
+        if p is not None and (list(p) != sorted(set(p)) or p[-1] != d_sae or p[0] < 1):
+            raise ValueError(
+                f"expected ascending prefixes ending at d_sae ({d_sae}), got {list(p)}"
+            )
+        return p
+
+
+SAEConfig = Annotated[
+    Union[ReluSAEConfig, TopKSAEConfig, BatchTopKSAEConfig, JumpReLUSAEConfig, MatryoshkaSAEConfig],
+    Field(discriminator="arch"),
+]
+SAE_ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
+
+
+class SAETrainConfig(_Frozen):
+    """How a batched group of SAEs is trained (shared by every SAE in the group)."""
+
+    init_seeds: Annotated[list[int], Field(min_length=1)] = [0, 1, 2, 3, 4]
+    """One SAE initialisation seed per entry; each seed is one SAE."""
+    data_seed: int = 0
+    """Seed of the order in which activation batches are drawn."""
+    per_model_data_order: bool = False
+    """If true, each SAE draws its own batch order from data_seed + its init seed."""
+    batch_size: Annotated[int, Field(ge=1)] = 1024
+    """Activations per step."""
+    steps: Annotated[int, Field(ge=1)] = 3000
+    """Maximum optimisation steps."""
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    """Adam learning rate."""
+    warmup_steps: Annotated[int, Field(ge=0)] = 50
+    """Linear LR warmup."""
+    decay_start: Annotated[float, Field(ge=0, le=1)] = 0.8
+    """Fraction of training after which the LR decays linearly to 0."""
+    dead_window: Annotated[int, Field(ge=1)] = 10_000
+    """A latent is dead if it has not fired in this many most recent samples."""
+    n_snapshots: Annotated[int, Field(ge=0)] = 8
+    """Decoder snapshots at log-spaced steps, for training dynamics."""
+    plateau_tol: Annotated[float, Field(ge=0)] = 1e-3
+    """Converged when the relative loss improvement over a window falls below this (0: never stop early)."""
+    normalize_activations: bool = True
+    """Scale activations so that their mean squared norm is d_in (SAELens 'expected_average_only_in')."""
+
+
+class TrackingConfig(_Frozen):
+    """Experiment tracking with Weights & Biases."""
+
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    """'offline' writes local run dirs, 'online' syncs, 'disabled' does nothing."""
+    project: str = "husai"
+    """W&B project name."""
+
+
+class SweepConfig(_Frozen):
+    """A grid of SAE configurations; expanded by ``husai.experiments``."""
+
+    archs: Annotated[
+        list[Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka"]], Field(min_length=1)
+    ] = ["topk"]
+    """Architectures to train."""
+    widths: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [512]
+    """Dictionary widths d_sae."""
+    k: list[Annotated[int, Field(ge=1)]] = [4, 8, 16, 32]
+    """k values for topk, batchtopk and matryoshka."""
+    l1_coefficient: list[Annotated[float, Field(ge=0)]] = [1e-4, 3e-4, 1e-3, 3e-3]
+    """L1 coefficients for relu."""
+    l0_coefficient: list[Annotated[float, Field(ge=0)]] = [1e-4, 3e-4, 1e-3, 3e-3]
+    """L0 coefficients for jumprelu."""
+    hooks: Annotated[list[str], Field(min_length=1)] = ["blocks.0.hook_resid_post"]
+    """Hook points whose activations the SAEs are trained on."""
+    checkpoints: Annotated[list[str], Field(min_length=1)] = ["final"]
+    """Transformer checkpoints: 'final' or 'step_<n>'."""
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> SweepConfig:
+        bad = [(k, w) for k in self.k for w in self.widths if k > w]
+        if bad and any(a in ("topk", "batchtopk", "matryoshka") for a in self.archs):
+            k, w = bad[0]
+            raise ValueError(f"expected every k <= every width, got k={k} > width {w}")
+        return self
+
+
+class ExperimentConfig(_Frozen):
+    """A whole HUSAI experiment: task, transformer, its training, and the SAEs."""
+
+    name: str = "husai"
+    """Experiment name (used in run directories and W&B)."""
+    task: TaskConfig = TaskConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    sae: SAEConfig = TopKSAEConfig()
+    sae_train: SAETrainConfig = SAETrainConfig()
+    hook: str = "blocks.0.hook_resid_post"
+    """Hook point whose activations the SAEs read."""
+    sweep: SweepConfig = SweepConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+        return load_config(cls, path, overrides)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        if path is not None:
+            atomic_write_text(Path(path), text)
+        return text
+
+    def with_overrides(self, overrides: list[str]) -> ExperimentConfig:
+        return validate_dict(
+            type(self), apply_overrides(self.model_dump(mode="json"), overrides), "<overrides>"
+        )
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_config(cls: type[M], path: str | Path, overrides: list[str] | None = None) -> M:
+    """Read YAML (or JSON) at ``path`` into ``cls``, applying ``key.path=value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return validate_dict(cls, apply_overrides(raw, overrides or [], source=str(path)), str(path))
+
+
+def validate_dict(cls: type[M], raw: dict[str, Any], source: str) -> M:
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line: '<source>: <dotted.path>: <what was expected> (got <input>)' for the first error."""
+    errors = err.errors()
+    first = errors[0]
+    loc = [str(p) for p in first["loc"] if not _is_union_tag(p)]
+    field = ".".join(loc) or "<root>"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (not a field of this section)"
+    elif (
+        "input" in first
+        and first["type"] not in ("missing",)
+        and not isinstance(first["input"], dict)
+    ):
+        msg = f"{msg} (got {first['input']!r})"
+    more = f" [+{len(errors) - 1} more error(s)]" if len(errors) > 1 else ""
+    return f"{source}: {field}: {msg}{more}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and part in SAE_ARCHS
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str], source: str = "--set"
+) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict copy."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item}: {part} is not a section")
+            node = nxt
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: value is not valid YAML") from None
+    return out
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))

@@ -341,7 +341,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         msg = "unknown key (not a field of this section)"
     elif (
         "input" in first
-        and first["type"] not in ("missing",)
+        and first["type"] not in ("missing", "value_error")
         and not isinstance(first["input"], dict)
     ):
         msg = f"{msg} (got {first['input']!r})"

@@ -378,3 +378,66 @@ def apply_overrides(
 
 def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+class StudyMetricsConfig(_Frozen):
+    """How a study's stability and ground-truth metrics are computed."""
+
+    shared_tau: Annotated[float, Field(gt=0, le=1)] = 0.7
+    """Cosine threshold of the shared fraction (decoder and encoder)."""
+    baseline_trials: Annotated[int, Field(ge=1)] = 8
+    """Monte Carlo draws of random unit vectors per random baseline."""
+    bootstrap: Annotated[int, Field(ge=0)] = 1000
+    """Bootstrap resamples over seed pairs for confidence intervals (0: none)."""
+    loss_recovered: bool = True
+    """Splice each SAE's reconstruction into the model and measure the loss recovered."""
+
+
+class ReportConfig(_Frozen):
+    """Thresholds of the report's verdict."""
+
+    stability_threshold: Annotated[float, Field(gt=0, le=1)] = 0.7
+    """Alive-only PW-MCC a configuration must reach to count as stable."""
+    ev_threshold: Annotated[float, Field(gt=0, le=1)] = 0.9
+    """Explained variance a configuration must keep."""
+
+
+class StudyConfig(_Frozen):
+    """A study: the base experiment (task, model, SAE training) plus a grid of SAE configurations.
+
+    The grid expands into units; one unit is one batched training pass (same architecture,
+    width, hook and transformer checkpoint) over every sparsity value and every seed.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
+    """Study name; the run store is runs/<name>/ unless --out is given."""
+    model_dir: str | None = "artifacts/default_model"
+    """A trained model run to reuse if its task/model/train config matches; else the model is trained."""
+    task: TaskConfig = TaskConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    sae_train: SAETrainConfig = SAETrainConfig()
+    grid: SweepConfig = SweepConfig()
+    metrics: StudyMetricsConfig = StudyMetricsConfig()
+    report: ReportConfig = ReportConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+        return load_config(cls, path, overrides)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        if path is not None:
+            atomic_write_text(Path(path), text)
+        return text
+
+    def model_experiment(self) -> ExperimentConfig:
+        """The ExperimentConfig that trains (or identifies) this study's transformer."""
+        return ExperimentConfig(
+            name=f"{self.name}-model",
+            task=self.task,
+            model=self.model,
+            train=self.train,
+            tracking=self.tracking,
+        )

@@ -1,0 +1,127 @@
+"""Expand a study's grid into units, each one batched SAE training pass.
+
+A unit fixes (architecture, width, hook, transformer checkpoint) and holds every sparsity
+value of that architecture times every seed: all of them train in one batched pass.
+Every SAE config of the grid is validated here, before any training, so a bad grid value
+fails at once with one line naming it.
+
+Unit ids are content hashes: the unit's SAE configs, its training config and the identity
+of its activations (model checksum, hook, checkpoint). Rerunning a study therefore finds
+finished units by id, and a changed config never reuses a stale result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from husai.config import SAEConfig, SAETrainConfig, StudyConfig
+from husai.errors import UserError
+
+SPARSITY_FIELD = {
+    "relu": "l1_coefficient",
+    "topk": "k",
+    "batchtopk": "k",
+    "matryoshka": "k",
+    "jumprelu": "l0_coefficient",
+}
+_SAE_ADAPTER: TypeAdapter[Any] = TypeAdapter(SAEConfig)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One batched training pass: every sparsity value x every seed of one arch/width/hook/checkpoint."""
+
+    arch: str
+    d_sae: int
+    hook: str
+    checkpoint: str
+    sae_cfgs: tuple[Any, ...]
+    sae_train: SAETrainConfig
+
+    @property
+    def sparsity_name(self) -> str:
+        return SPARSITY_FIELD[self.arch]
+
+    @property
+    def sparsities(self) -> list[float]:
+        return [float(getattr(c, self.sparsity_name)) for c in self.sae_cfgs]
+
+    @property
+    def n_models(self) -> int:
+        return len(self.sae_cfgs) * len(self.sae_train.init_seeds)
+
+    def content(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "d_sae": self.d_sae,
+            "hook": self.hook,
+            "checkpoint": self.checkpoint,
+            "sae_cfgs": [c.model_dump(mode="json") for c in self.sae_cfgs],
+            "sae_train": self.sae_train.model_dump(mode="json"),
+        }
+
+    def unit_id(self, activations_id: str) -> str:
+        """Content hash of this unit and the activations it trains on."""
+        blob = json.dumps({"unit": self.content(), "acts": activations_id}, sort_keys=True)
+        slug = f"{self.arch}-w{self.d_sae}-{hook_slug(self.hook)}-{self.checkpoint}"
+        return f"{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def hook_slug(hook: str) -> str:
+    return (
+        hook.replace("blocks.", "L").replace(".hook_", "-").replace("hook_", "").replace(".", "-")
+    )
+
+
+def expand_grid(study: StudyConfig) -> list[Unit]:
+    """All units of the study's grid, in a fixed order; raises UserError on any invalid value."""
+    grid = study.grid
+    units = []
+    for hook in grid.hooks:
+        for checkpoint in grid.checkpoints:
+            for arch in grid.archs:
+                for width in grid.widths:
+                    cfgs = tuple(
+                        _sae_cfg(arch, width, value, f"grid.{SPARSITY_FIELD[arch]}")
+                        for value in getattr(grid, SPARSITY_FIELD[arch])
+                    )
+                    if not cfgs:
+                        raise UserError(
+                            f"grid.{SPARSITY_FIELD[arch]}: expected at least one value for arch {arch!r}"
+                        )
+                    units.append(Unit(arch, width, hook, checkpoint, cfgs, study.sae_train))
+    return units
+
+
+def _sae_cfg(arch: str, width: int, value: float, where: str) -> Any:
+    field = SPARSITY_FIELD[arch]
+    raw = {"arch": arch, "d_sae": width, field: int(value) if field == "k" else float(value)}
+    try:
+        return _SAE_ADAPTER.validate_python(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        msg = first["msg"].removeprefix("Value error, ")
+        raise UserError(
+            f"{where}: value {value!r} invalid for {arch} width {width}: {msg}"
+        ) from None
+
+
+def estimate_cost(units: list[Unit], d_in_by_hook: dict[str, int]) -> dict[str, float]:
+    """Upper bound on SAE-steps and FLOPs (forward + backward ~ 3x the two dense matmuls)."""
+    sae_steps = flops = 0.0
+    for unit in units:
+        steps = unit.n_models * unit.sae_train.steps
+        d_in = d_in_by_hook.get(unit.hook, 128)
+        sae_steps += steps
+        flops += steps * 3 * 2 * 2 * unit.sae_train.batch_size * d_in * unit.d_sae
+    return {
+        "units": len(units),
+        "saes": sum(u.n_models for u in units),
+        "sae_steps": sae_steps,
+        "flops": flops,
+    }

@@ -1,0 +1,245 @@
+"""``run_study``: the main job, resumable at every stage.
+
+Stages, each skipped when its outputs exist for the same content:
+
+1. model: reuse the study's committed model run if its task/model/train config matches,
+   else train one into ``<store>/model_run``; copy its curves and Fourier analysis to
+   ``<store>/model/``;
+2. activations: every (checkpoint, hook) of the grid, with its ground-truth planes;
+3. units: every batched SAE training pass, through the chosen executor; the driver
+   writes each result as it arrives (``unit.json`` last) and logs it to W&B;
+4. tables: ``results``, ``pairs``, ``summary``, ``dynamics`` (parquet), failures,
+   provenance;
+5. the report (``report.html`` and ``report.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from husai.config import StudyConfig
+from husai.errors import UserError
+from husai.experiments.executors import run_local, run_ray
+from husai.experiments.grid import Unit, estimate_cost, expand_grid, hook_slug
+from husai.experiments.provenance import provenance
+from husai.experiments.store import RunStore
+from husai.experiments.tables import build_tables
+from husai.experiments.tracking import log_unit
+from husai.experiments.unit import UnitPayload, UnitResult
+from husai.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def run_study(
+    study_path: str | Path,
+    *,
+    out: str | Path | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    overrides: list[str] | None = None,
+    report: bool = True,
+    console: Console | None = None,
+) -> Path:
+    """Run (or resume) a study; returns the report path, or the store root if ``report`` is False."""
+    console = console or Console(stderr=True)
+    if executor not in ("local", "ray"):
+        raise UserError(f"--executor: expected 'local' or 'ray', got {executor!r}")
+    study = StudyConfig.from_yaml(study_path, overrides)
+    units = expand_grid(study)  # validates every grid value before any work
+    store = RunStore(Path(out) if out else Path("runs") / study.name)
+    study.to_yaml(store.root / "study.yaml")
+    console.print(
+        f"[bold]study[/] {study.name}: {len(units)} units, {sum(u.n_models for u in units)} SAEs -> {store.root}"
+    )
+
+    console.print("[bold]stage 1/5[/] model")
+    model_dir = ensure_model(study, store)
+    console.print("[bold]stage 2/5[/] activations")
+    acts_dirs = ensure_activations(study, store, model_dir)
+    d_in = {hook: _acts_dim(path) for (_, hook), path in acts_dirs.items()}
+    cost = estimate_cost(units, d_in)
+    console.print(
+        f"estimated cost: {cost['saes']} SAEs, <= {cost['sae_steps']:.3g} SAE-steps, <= {cost['flops']:.3g} FLOPs"
+    )
+    console.print("[bold]stage 3/5[/] SAE units")
+    run_units(study, store, units, acts_dirs, model_dir, executor, address, console)
+    console.print("[bold]stage 4/5[/] tables")
+    records = store.records()
+    build_tables(records, store.root, bootstrap=study.metrics.bootstrap)
+    failures = [
+        {"unit_id": r["unit_id"], "error": r["error"]} for r in records if r["status"] != "ok"
+    ]
+    atomic_write_json(store.root / "failures.json", failures)
+    atomic_write_json(store.root / "provenance.json", provenance(study, model_dir))
+    if failures:
+        console.print(
+            f"[yellow]{len(failures)} unit(s) failed; see {store.root / 'failures.json'}[/]"
+        )
+    if not report:
+        return store.root
+    console.print("[bold]stage 5/5[/] report")
+    from husai.report import build_report
+
+    return build_report(
+        store.root,
+        stability_threshold=study.report.stability_threshold,
+        ev_threshold=study.report.ev_threshold,
+    )
+
+
+def ensure_model(study: StudyConfig, store: RunStore) -> Path:
+    """The model run to use: the committed one if its config matches, else a trained one."""
+    from husai.model import model_matches, train_model
+
+    cfg = study.model_experiment()
+    model_dir = None
+    if study.model_dir:
+        candidate = _resolve(study.model_dir)
+        if candidate is not None and model_matches(candidate, cfg):
+            model_dir = candidate
+        elif candidate is not None:
+            log.warning(
+                "model_dir %s was trained with another config; training a new model", candidate
+            )
+    if model_dir is None:
+        model_dir = train_model(cfg, store.root / "model_run")
+    dest = store.root / "model"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "curves.json", "fourier.json", "metrics.json"):
+        if (model_dir / name).is_file():
+            shutil.copyfile(model_dir / name, dest / f".{name}.tmp")
+            (dest / f".{name}.tmp").replace(dest / name)
+    return model_dir
+
+
+def ensure_activations(
+    study: StudyConfig, store: RunStore, model_dir: Path
+) -> dict[tuple[str, str], Path]:
+    """Activation dirs per (checkpoint, hook), extracted once and reused while the model is unchanged."""
+    from husai.activations import extract_and_save, is_current
+
+    out = {}
+    for checkpoint in study.grid.checkpoints:
+        for hook in study.grid.hooks:
+            path = store.activations_dir(checkpoint, hook_slug(hook))
+            if not is_current(path, model_dir, checkpoint):
+                extract_and_save(model_dir, hook, path, checkpoint=checkpoint)
+            out[(checkpoint, hook)] = path
+    return out
+
+
+def run_units(
+    study: StudyConfig,
+    store: RunStore,
+    units: list[Unit],
+    acts_dirs: dict,
+    model_dir: Path,
+    executor: str,
+    address: str | None,
+    console: Console,
+) -> None:
+    from husai.activations import load_activations
+
+    todo: list[tuple[Unit, str, Path]] = []
+    for unit in units:
+        acts_dir = acts_dirs[(unit.checkpoint, unit.hook)]
+        uid = unit.unit_id(_activations_id(acts_dir))
+        if not store.is_done(uid):
+            todo.append((unit, uid, acts_dir))
+    console.print(f"{len(units) - len(todo)} unit(s) already done, {len(todo)} to run")
+    cache: dict[Path, Any] = {}
+
+    def payloads():
+        for unit, uid, acts_dir in todo:
+            if acts_dir not in cache:
+                cache.clear()
+                cache[acts_dir] = load_activations(acts_dir)
+            yield _payload(study, unit, uid, cache[acts_dir], model_dir)
+
+    content = {uid: unit.content() for unit, uid, _ in todo}
+    with _progress(console) as progress:
+        task = progress.add_task("units", total=len(todo))
+
+        def on_result(result: UnitResult) -> None:
+            store.write_unit(result, content[result.unit_id])
+            log_unit(study.tracking, study.name, store.root, result, content[result.unit_id])
+            status = "ok" if result.status == "ok" else f"[red]failed: {result.error}[/]"
+            progress.console.print(
+                f"  {result.unit_id}: {status} ({result.steps} steps, {result.wall_s:.1f}s)"
+            )
+            progress.advance(task)
+
+        if executor == "ray":
+            run_ray(list(payloads()), on_result, address=address)
+        else:
+            run_local(payloads(), on_result)
+
+
+def _payload(study: StudyConfig, unit: Unit, uid: str, acts: Any, model_dir: Path) -> UnitPayload:
+    from husai.model import load_model
+    from husai.tasks import make_dataset
+
+    ds = make_dataset(study.task)
+    model = load_model(model_dir, unit.checkpoint) if study.metrics.loss_recovered else None
+    return UnitPayload(
+        unit=unit,
+        unit_id=uid,
+        acts_ND=acts.acts,
+        metrics=study.metrics,
+        planes=acts.planes,
+        modulus=study.task.modulus,
+        model_cfg=study.model_experiment(),
+        model_state=None
+        if model is None
+        else {k: v.clone() for k, v in model.state_dict().items()},
+        tokens=ds.tokens,
+        labels=ds.labels,
+    )
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _activations_id(acts_dir: Path) -> str:
+    import json
+
+    meta = json.loads((acts_dir / "meta.json").read_text())
+    return f"{meta.get('model_sha256')}:{meta.get('hook')}:{meta.get('checkpoint', 'final')}:{meta.get('position', -1)}"
+
+
+def _acts_dim(acts_dir: Path) -> int:
+    import json
+
+    return int(json.loads((acts_dir / "meta.json").read_text())["d"])
+
+
+def _resolve(path_str: str) -> Path | None:
+    path = Path(path_str)
+    for candidate in (path, REPO_ROOT / path):
+        if (candidate / "model.safetensors").is_file():
+            return candidate
+    return None

@@ -1,0 +1,147 @@
+"""Aggregate finished units into the study's tables (parquet), deterministically.
+
+- ``results.parquet``: one row per SAE (config columns + evaluation + ground truth).
+- ``pairs.parquet``: one row per seed pair and metric, with its baselines.
+- ``summary.parquet``: one row per group (arch, width, hook, checkpoint, sparsity) and
+  metric: mean over pairs, a bootstrap CI over pairs, baselines, excess and ratio.
+- ``dynamics.parquet``: cross-seed stability at each training snapshot.
+
+Rows are sorted and the bootstrap is seeded, so the same units give the same bits.
+Timing lives only in ``unit.json``, never in the tables.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from husai.io import atomic_write_bytes
+
+GROUP_COLS = ["arch", "d_sae", "hook", "checkpoint", "sparsity_name", "sparsity"]
+
+
+def build_tables(
+    records: list[dict[str, Any]], out_dir: Path, bootstrap: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    import pandas as pd
+
+    results = pd.DataFrame(_result_rows(records))
+    pairs = pd.DataFrame([row for r in records if r["status"] == "ok" for row in r["pairs"]])
+    dynamics = pd.DataFrame([row for r in records if r["status"] == "ok" for row in r["dynamics"]])
+    if not results.empty:
+        results = results.sort_values(["unit_id", "sae_id"], kind="stable").reset_index(drop=True)
+    if not pairs.empty:
+        pairs = pairs.sort_values(
+            ["group_id", "metric", "seed_a", "seed_b"], kind="stable"
+        ).reset_index(drop=True)
+    if not dynamics.empty:
+        dynamics = dynamics.sort_values(["group_id", "metric", "step"], kind="stable").reset_index(
+            drop=True
+        )
+    summary = summarise(pairs, results, bootstrap, seed)
+    tables = {"results": results, "pairs": pairs, "summary": summary, "dynamics": dynamics}
+    for name, df in tables.items():
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(out_dir / f"{name}.parquet", buf.getvalue())
+    return tables
+
+
+def _result_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for rec in records:
+        unit = rec["unit"]
+        if rec["status"] != "ok":
+            rows.append(
+                {
+                    "unit_id": rec["unit_id"],
+                    "sae_id": "",
+                    "status": rec["status"],
+                    "error": rec["error"],
+                    "arch": unit["arch"],
+                    "d_sae": unit["d_sae"],
+                    "hook": unit["hook"],
+                    "checkpoint": unit["checkpoint"],
+                }
+            )
+            continue
+        for sae in rec["saes"]:
+            row = {"unit_id": rec["unit_id"], "status": "ok", "error": None}
+            row.update({k: v for k, v in sae.items() if not isinstance(v, (dict, list))})
+            row.update(
+                {k: v for k, v in sae.get("eval", {}).items() if not isinstance(v, (dict, list))}
+            )
+            row.update(
+                {k: v for k, v in sae.get("gt", {}).items() if not isinstance(v, (dict, list))}
+            )
+            rows.append(row)
+    return rows
+
+
+def summarise(pairs: Any, results: Any, bootstrap: int, seed: int) -> Any:
+    import pandas as pd
+
+    if pairs.empty:
+        return pd.DataFrame()
+    rows = []
+    for (gid, metric), df in pairs.groupby(["group_id", "metric"], sort=True):
+        vals = df["value"].to_numpy(dtype=np.float64)
+        lo, hi = bootstrap_ci(vals, bootstrap, seed)
+        first = df.iloc[0]
+        base = float(df["baseline"].mean())
+        row = {
+            "group_id": gid,
+            "metric": metric,
+            **{c: first[c] for c in GROUP_COLS},
+            "mean": float(vals.mean()),
+            "ci_lo": lo,
+            "ci_hi": hi,
+            "baseline": base,
+            "baseline_init": float(df["baseline_init"].mean())
+            if "baseline_init" in df
+            else float("nan"),
+            "excess": float(vals.mean()) - base,
+            "ratio": float(vals.mean()) / base if base else float("nan"),
+            "n_pairs": len(vals),
+            "dead_included": bool(first.get("dead_included", False)),
+        }
+        row.update(_group_eval(results, first))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _group_eval(results: Any, key: Any) -> dict[str, float]:
+    if results.empty or "sparsity" not in results:
+        return {}
+    sel = results[
+        (results["status"] == "ok")
+        & np.logical_and.reduce([results[c] == key[c] for c in GROUP_COLS])
+    ]
+    out = {}
+    for col in (
+        "explained_variance",
+        "l0",
+        "dead_fraction",
+        "loss_recovered",
+        "gt_mcc",
+        "plane_coverage_mean",
+    ):
+        if col in sel:
+            out[f"{col}_mean"] = float(sel[col].mean()) if len(sel) else float("nan")
+    return out
+
+
+def bootstrap_ci(
+    values: np.ndarray, n_boot: int, seed: int, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over pairs (pairs share seeds, so this is optimistic)."""
+    if n_boot == 0 or len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    means = values[idx].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))

@@ -1,0 +1,302 @@
+"""Run one unit: batched SAE training, evaluation, stability and ground-truth metrics.
+
+``execute_unit`` is a pure function of its payload: it reads nothing from and writes
+nothing to the run store, so the same call runs in-process or as a Ray task on another
+machine; the driver writes what it returns. A failure (e.g. a NaN loss) is returned as
+a failed result carrying its error, so the study goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from husai.config import StudyMetricsConfig
+from husai.experiments.grid import Unit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnitPayload:
+    """Everything a unit needs, shippable to a Ray worker (no paths into the run store)."""
+
+    unit: Unit
+    unit_id: str
+    acts_ND: Tensor
+    metrics: StudyMetricsConfig
+    planes: Any | None = None
+    modulus: int | None = None
+    model_cfg: Any | None = None
+    model_state: dict[str, Tensor] | None = None
+    tokens: Tensor | None = None
+    labels: Tensor | None = None
+
+
+@dataclass
+class UnitResult:
+    unit_id: str
+    status: str
+    error: str | None = None
+    saes: list[dict[str, Any]] = field(default_factory=list)
+    snapshots: dict[str, Tensor] = field(default_factory=dict)
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    dynamics: list[dict[str, Any]] = field(default_factory=list)
+    history: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    wall_s: float = 0.0
+
+
+def execute_unit(payload: UnitPayload) -> UnitResult:
+    """Train, evaluate and measure one unit; never raises for a training failure."""
+    _maybe_crash_for_test(payload.unit_id)
+    start = time.perf_counter()
+    try:
+        result = _execute(payload)
+    except Exception as err:  # recorded, not swallowed: the study lists it as failed
+        log.warning("unit %s failed: %s", payload.unit_id, err)
+        last = traceback.format_exception_only(type(err), err)[-1].strip()
+        return UnitResult(payload.unit_id, "failed", error=last, wall_s=time.perf_counter() - start)
+    result.wall_s = time.perf_counter() - start
+    return result
+
+
+def _execute(payload: UnitPayload) -> UnitResult:
+    from husai.saes import init_group, train_group
+
+    unit, acts_ND = payload.unit, payload.acts_ND
+    group = train_group(acts_ND, list(unit.sae_cfgs), unit.sae_train)
+    init_sae = init_group(acts_ND.shape[1], list(unit.sae_cfgs), unit.sae_train)
+    model = _load_model(payload)
+    saes, codes, alive = [], {}, {}
+    for idx, (cfg, seed) in enumerate(group.members):
+        record, codes[idx], alive[idx] = _measure_sae(payload, group, idx, cfg, seed, model)
+        saes.append(record)
+    pairs = _pair_rows(unit, payload, group.sae, init_sae, codes, alive)
+    dynamics = _dynamics_rows(unit, payload, group.snapshots)
+    snapshots = {f"step_{s}": w for s, w in sorted(group.snapshots.items())}
+    return UnitResult(
+        payload.unit_id,
+        "ok",
+        saes=saes,
+        snapshots=snapshots,
+        pairs=pairs,
+        dynamics=dynamics,
+        history=_plain(group.history),
+        steps=int(group.steps),
+    )
+
+
+def _measure_sae(
+    payload: UnitPayload, group: Any, idx: int, cfg: Any, seed: int, model: Any
+) -> tuple[dict[str, Any], Tensor, Tensor]:
+    """Evaluation, loss recovered and ground truth for model ``idx``; its files as bytes."""
+    from husai.saes import evaluate, load_sae, save_sae
+
+    unit = payload.unit
+    sparsity = float(getattr(cfg, unit.sparsity_name))
+    sae_id = f"{unit.sparsity_name}{sparsity:g}-seed{seed}"
+    with tempfile.TemporaryDirectory() as tmp:
+        save_sae(Path(tmp) / "sae", group, idx)
+        single = load_sae(Path(tmp) / "sae")
+        files = {
+            p.name: p.read_bytes() for p in sorted((Path(tmp) / "sae").iterdir()) if p.is_file()
+        }
+    ev = evaluate(single, payload.acts_ND)
+    alive_S = ev.pop("alive_mask")
+    with torch.no_grad():
+        codes_NS = single.encode(payload.acts_ND)
+    if model is not None:
+        ev.update(_loss_recovered(model, payload, single))
+    record = {
+        "sae_id": sae_id,
+        "arch": unit.arch,
+        "d_sae": unit.d_sae,
+        "hook": unit.hook,
+        "checkpoint": unit.checkpoint,
+        "sparsity_name": unit.sparsity_name,
+        "sparsity": sparsity,
+        "seed": int(seed),
+        "steps": int(group.steps),
+        "converged_step": group.converged_step[idx],
+        "n_alive": int(alive_S.sum()),
+        "eval": _plain(ev),
+        "files": files,
+        "gt": _ground_truth(payload, single, codes_NS),
+    }
+    return record, codes_NS, alive_S
+
+
+def _load_model(payload: UnitPayload) -> Any:
+    if (
+        payload.model_state is None
+        or payload.model_cfg is None
+        or not payload.metrics.loss_recovered
+    ):
+        return None
+    from husai.model import build_model
+
+    model = build_model(payload.model_cfg.task, payload.model_cfg.model)
+    model.load_state_dict(payload.model_state)
+    return model.eval()
+
+
+def _loss_recovered(model: Any, payload: UnitPayload, sae: Any) -> dict[str, float]:
+    from husai.model.splice import loss_with_replacement
+
+    with torch.no_grad():
+        out = loss_with_replacement(
+            model,
+            payload.tokens,
+            payload.labels,
+            payload.unit.hook,
+            lambda x: sae.decode(sae.encode(x)),
+        )
+    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
+
+
+def _ground_truth(payload: UnitPayload, sae: Any, codes_NS: Tensor) -> dict[str, Any]:
+    if payload.planes is None:
+        return {}
+    from husai.metrics import ground_truth_summary
+
+    return _plain(ground_truth_summary(sae.W_dec, payload.planes, codes_NS, payload.modulus))
+
+
+def _pair_rows(
+    unit: Unit, payload: UnitPayload, sae: Any, init_sae: Any, codes: dict, alive: dict
+) -> list[dict[str, Any]]:
+    """One row per (sparsity, seed pair, metric), with random-unit and init baselines."""
+    from husai.metrics import stability_pair
+
+    seeds = unit.sae_train.init_seeds
+    rows = []
+    for s_idx, cfg in enumerate(unit.sae_cfgs):
+        sparsity = float(getattr(cfg, unit.sparsity_name))
+        for i, j in combinations(range(len(seeds)), 2):
+            a, b = s_idx * len(seeds) + i, s_idx * len(seeds) + j
+            vals = stability_pair(
+                sae.W_dec[a],
+                sae.W_dec[b],
+                enc_a=sae.W_enc[a].T,
+                enc_b=sae.W_enc[b].T,
+                codes_a=codes[a],
+                codes_b=codes[b],
+                alive_a=alive[a],
+                alive_b=alive[b],
+                tau=payload.metrics.shared_tau,
+                trials=payload.metrics.baseline_trials,
+            )
+            init_vals = stability_pair(
+                init_sae.W_dec[a],
+                init_sae.W_dec[b],
+                enc_a=init_sae.W_enc[a].T,
+                enc_b=init_sae.W_enc[b].T,
+                baselines=False,
+            )
+            for name, mv in vals.items():
+                init_mv = init_vals.get(name)
+                rows.append(
+                    {
+                        "group_id": _group_id(payload.unit_id, sparsity),
+                        "arch": unit.arch,
+                        "d_sae": unit.d_sae,
+                        "hook": unit.hook,
+                        "checkpoint": unit.checkpoint,
+                        "sparsity_name": unit.sparsity_name,
+                        "sparsity": sparsity,
+                        "seed_a": int(seeds[i]),
+                        "seed_b": int(seeds[j]),
+                        "metric": name,
+                        "value": float(mv.value),
+                        "baseline": float(mv.baseline),
+                        "baseline_kind": mv.baseline_kind,
+                        "baseline_init": float(init_mv.value)
+                        if init_mv is not None
+                        else float("nan"),
+                        "excess": float(mv.excess),
+                        "ratio": float(mv.ratio),
+                        "n_a": int(mv.n_latents[0]),
+                        "n_b": int(mv.n_latents[1]),
+                        "dead_included": bool(mv.dead_included),
+                    }
+                )
+    return rows
+
+
+def _dynamics_rows(
+    unit: Unit, payload: UnitPayload, snapshots: dict[int, Tensor]
+) -> list[dict[str, Any]]:
+    """Cross-seed PW-MCC (all latents) at every decoder snapshot, beside its random baseline."""
+    from husai.metrics import pw_mcc, random_unit_baseline
+
+    seeds = unit.sae_train.init_seeds
+    rows = []
+    for step, dec_NSD in sorted(snapshots.items()):
+        for s_idx, cfg in enumerate(unit.sae_cfgs):
+            sparsity = float(getattr(cfg, unit.sparsity_name))
+            vals = [
+                pw_mcc(dec_NSD[s_idx * len(seeds) + i], dec_NSD[s_idx * len(seeds) + j])
+                for i, j in combinations(range(len(seeds)), 2)
+            ]
+            if not vals:
+                continue
+            n, d = dec_NSD.shape[1], dec_NSD.shape[2]
+            base, _ = random_unit_baseline(
+                "pw_mcc", n, n, d, trials=payload.metrics.baseline_trials
+            )
+            rows.append(
+                {
+                    "group_id": _group_id(payload.unit_id, sparsity),
+                    "arch": unit.arch,
+                    "d_sae": unit.d_sae,
+                    "hook": unit.hook,
+                    "checkpoint": unit.checkpoint,
+                    "sparsity_name": unit.sparsity_name,
+                    "sparsity": sparsity,
+                    "step": int(step),
+                    "metric": "pw_mcc",
+                    "value": float(sum(vals) / len(vals)),
+                    "baseline": float(base),
+                }
+            )
+    return rows
+
+
+def _group_id(unit_id: str, sparsity: float) -> str:
+    return f"{unit_id}/{sparsity:g}"
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy: tensors and numpy scalars become lists and floats."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item") and not isinstance(obj, (int, float, bool, str)):
+        return obj.item()
+    return obj
+
+
+def _maybe_crash_for_test(unit_id: str) -> None:
+    """Fault injection for the Ray retry test: HUSAI_FAULT_DIR makes each unit's first attempt die."""
+    fault_dir = os.environ.get("HUSAI_FAULT_DIR")
+    if not fault_dir:
+        return
+    marker = Path(fault_dir) / unit_id.replace("/", "_")
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("crashed once\n")
+        os._exit(1)

@@ -1,0 +1,261 @@
+"""Reported numbers with their baselines: ``MetricValue`` and Monte Carlo random-unit baselines.
+
+Every number HUSAI reports is a :class:`MetricValue`: the value, the baseline it must be
+read against, ``excess = value - baseline``, ``ratio = value / baseline``, how many latents
+entered (``n_latents``) and whether dead latents were included.
+
+Baseline kinds:
+
+- ``random_unit``: the same metric on random unit vectors (isotropic Gaussian rows,
+  normalised) in the same ``d`` with the same numbers of latents (alive latents for the
+  alive-only variants). Monte Carlo, seeded per trial, cached in memory and on disk
+  (``$HUSAI_CACHE_DIR`` or ``~/.cache/husai``; set ``HUSAI_CACHE_DIR=off`` to disable).
+  At d=128 with 1024 latents: PW-MCC ~0.27, MMCS ~0.30.
+- ``init``: the metric on the SAEs at initialisation (same init scheme and seeds);
+  the caller passes the init decoders. Stored as ``baseline_init``.
+- ``permuted``: for activation-based metrics, the metric after shuffling one SAE's codes
+  across inputs (same marginals, no correspondence).
+
+Missing numbers are NaN in the dataclass (so ``float()`` always works) and ``None`` in
+``to_dict()`` (valid JSON).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from husai.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+_CACHE_VERSION = 1
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One reported number with its baseline and its treatment of dead latents."""
+
+    name: str
+    value: float
+    baseline: float = NAN
+    baseline_kind: str = "random_unit"
+    excess: float = NAN
+    ratio: float = NAN
+    n_latents: tuple[int, int] = (0, 0)
+    dead_included: bool = True
+    ci: tuple[float, float] | None = None
+    baseline_std: float = NAN
+    baseline_init: float = NAN
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "name": self.name,
+            "value": _finite(self.value),
+            "baseline": _finite(self.baseline),
+            "baseline_kind": self.baseline_kind,
+            "baseline_std": _finite(self.baseline_std),
+            "baseline_init": _finite(self.baseline_init),
+            "excess": _finite(self.excess),
+            "ratio": _finite(self.ratio),
+            "n_latents": list(self.n_latents),
+            "dead_included": self.dead_included,
+            "ci": None if self.ci is None else [_finite(c) for c in self.ci],
+            "note": self.note,
+        }
+        if self.extra:
+            out["extra"] = self.extra
+        return out
+
+
+def metric_value(
+    name: str,
+    value: float,
+    baseline: float | None = None,
+    *,
+    baseline_std: float | None = None,
+    baseline_kind: str = "random_unit",
+    baseline_init: float | None = None,
+    n_latents: tuple[int, int] = (0, 0),
+    dead_included: bool = True,
+    ci: tuple[float, float] | None = None,
+    note: str = "",
+    extra: dict[str, Any] | None = None,
+) -> MetricValue:
+    """Build a MetricValue, deriving excess and ratio from the baseline."""
+    base = NAN if baseline is None else float(baseline)
+    ratio = float(value) / base if base == base and base != 0 else NAN
+    return MetricValue(
+        name=name,
+        value=float(value),
+        baseline=base,
+        baseline_kind=baseline_kind,
+        excess=float(value) - base,
+        ratio=ratio,
+        n_latents=(int(n_latents[0]), int(n_latents[1])),
+        dead_included=dead_included,
+        ci=ci,
+        baseline_std=NAN if baseline_std is None else float(baseline_std),
+        baseline_init=NAN if baseline_init is None else float(baseline_init),
+        note=note,
+        extra=extra or {},
+    )
+
+
+def random_unit(n: int, d: int, generator: torch.Generator) -> Tensor:
+    """``n`` random unit vectors in R^d (rows), uniform on the sphere."""
+    x_ND = torch.randn(n, d, generator=generator)
+    return x_ND / x_ND.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def default_trials(n_a: int, n_b: int) -> int:
+    """Fewer draws for large problems (their spread is tiny): 4..32."""
+    return int(min(32, max(4, 2e7 // max(1, n_a * n_b))))
+
+
+def random_unit_baseline(
+    metric: str,
+    n_a: int,
+    n_b: int,
+    d: int,
+    trials: int | None = None,
+    seed: int = 0,
+    **params: Any,
+) -> tuple[float, float]:
+    """Monte Carlo (mean, std) of ``metric`` on pairs of random unit-vector sets.
+
+    ``metric`` is one of :data:`RANDOM_METRICS` (pw_mcc, pw_mcc_abs, mmcs, shared_fraction,
+    subspace_overlap, span_overlap); ``params`` are passed to it (``tau``, ``r``).
+    Trial ``t`` draws set A then set B (then encoders, where used) from
+    ``torch.Generator().manual_seed(seed * 100003 + t)``.
+    """
+    if metric not in RANDOM_METRICS:
+        raise ValueError(f"metric: expected one of {sorted(RANDOM_METRICS)}, got {metric!r}")
+    trials = default_trials(n_a, n_b) if trials is None else int(trials)
+    key = json.dumps([metric, n_a, n_b, d, trials, seed, sorted(params.items())])
+    return _cached_baseline(key)
+
+
+def monte_carlo(
+    fn: Callable[[torch.Generator], float], trials: int, seed: int
+) -> tuple[float, float]:
+    """(mean, std) of ``fn(generator)`` over ``trials`` seeded generators."""
+    vals = [fn(torch.Generator().manual_seed(seed * 100003 + t)) for t in range(trials)]
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return float(np.mean(vals)), std
+
+
+@lru_cache(maxsize=512)
+def _cached_baseline(key: str) -> tuple[float, float]:
+    metric, n_a, n_b, d, trials, seed, params = json.loads(key)
+    path = _disk_path(key)
+    if path is not None and path.is_file():
+        try:
+            mean, std = json.loads(path.read_text())["value"]
+            return float(mean), float(std)
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable baseline cache %s", path)
+    fn = RANDOM_METRICS[metric]
+    kw = dict(params)
+
+    def one(gen: torch.Generator) -> float:
+        return fn(n_a, n_b, d, gen, **kw)
+
+    result = monte_carlo(one, trials, seed)
+    if path is not None:
+        try:
+            atomic_write_json(path, {"key": key, "value": list(result)})
+        except OSError as err:
+            log.warning("could not write baseline cache %s: %s", path, err)
+    return result
+
+
+def _disk_path(key: str) -> Path | None:
+    root = os.environ.get("HUSAI_CACHE_DIR", "")
+    if root.lower() in ("off", "0", "none"):
+        return None
+    base = Path(root) if root else Path.home() / ".cache" / "husai"
+    digest = hashlib.sha256(f"v{_CACHE_VERSION}:{key}".encode()).hexdigest()[:24]
+    return base / "baselines" / f"{digest}.json"
+
+
+def _finite(x: float | None) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _pair(n_a: int, n_b: int, d: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    return random_unit(n_a, d, gen), random_unit(n_b, d, gen)
+
+
+def _rand_pw_mcc(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
+    from husai.metrics.stability import pw_mcc
+
+    return pw_mcc(*_pair(n_a, n_b, d, gen))
+
+
+def _rand_pw_mcc_abs(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
+    from husai.metrics.stability import pw_mcc
+
+    return pw_mcc(*_pair(n_a, n_b, d, gen), signed=False)
+
+
+def _rand_mmcs(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
+    from husai.metrics.stability import mmcs
+
+    return mmcs(*_pair(n_a, n_b, d, gen))
+
+
+def _rand_shared(n_a: int, n_b: int, d: int, gen: torch.Generator, tau: float = 0.7) -> float:
+    from husai.metrics.stability import shared_fraction
+
+    dec_a, dec_b = _pair(n_a, n_b, d, gen)
+    enc_a, enc_b = _pair(n_a, n_b, d, gen)
+    return shared_fraction(dec_a, dec_b, enc_a, enc_b, tau=tau)
+
+
+def _rand_shared_dec(n_a: int, n_b: int, d: int, gen: torch.Generator, tau: float = 0.7) -> float:
+    from husai.metrics.stability import shared_fraction
+
+    return shared_fraction(*_pair(n_a, n_b, d, gen), tau=tau)
+
+
+def _rand_subspace(n_a: int, n_b: int, d: int, gen: torch.Generator, r: int = 16) -> float:
+    from husai.metrics.subspace import subspace_overlap
+
+    return subspace_overlap(*_pair(n_a, n_b, d, gen), r=r)
+
+
+def _rand_span(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
+    from husai.metrics.subspace import span_overlap
+
+    return span_overlap(*_pair(n_a, n_b, d, gen))
+
+
+RANDOM_METRICS: dict[str, Callable[..., float]] = {
+    "pw_mcc": _rand_pw_mcc,
+    "pw_mcc_abs": _rand_pw_mcc_abs,
+    "mmcs": _rand_mmcs,
+    "shared_fraction": _rand_shared,
+    "shared_fraction_dec": _rand_shared_dec,
+    "subspace_overlap": _rand_subspace,
+    "span_overlap": _rand_span,
+}
+"""Metrics with a random-unit Monte Carlo baseline: name -> fn(n_a, n_b, d, generator, **params)."""

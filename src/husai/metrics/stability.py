@@ -1,0 +1,376 @@
+"""Cross-seed stability of SAE features, for a pair of SAEs and for a set of seeds.
+
+Metrics (a, b: decoder directions ``[n, d]``; all cosines treat zero rows as 0):
+
+- ``pw_mcc``: Song et al. 2025 (arXiv 2505.20254, Sec. 3, "PW-MCC"; their released
+  ``MCC`` in ``synthetic/utils.py`` and ``examples/dictionary_learning/utils.py``):
+  rows normalised, signed cosine, Hungarian matching maximising the summed cosine over
+  *all* latents, mean over the ``min(n_a, n_b)`` matched pairs. The literature number.
+- ``pw_mcc_alive``: the same over latents that fired on the evaluation inputs only;
+  ``n_latents`` states how many.
+- ``mmcs``: mean max |cosine| in both directions, averaged (Sharkey et al. 2022;
+  what the earlier HUSAI study called PWMCC): 0.5 (mean_i max_j |c_ij| + mean_j max_i |c_ij|).
+- ``shared_fraction``: share of Hungarian-matched decoder pairs whose decoder *and*
+  encoder cosines are both >= tau (Paulo & Belrose 2025, arXiv 2501.16615, Sec. 3);
+  decoder only when no encoders are given (stated in ``note``).
+- ``activation_mcc``: Hungarian matching on |Pearson correlation| of latent activations
+  over the same inputs, mean over matched pairs (MCC as in ICA, Khemakhem et al. 2020);
+  zero-variance latents correlate 0.
+- ``subspace_overlap`` (top-r principal subspaces) and ``span_overlap``: see
+  :mod:`husai.metrics.subspace`.
+- ``per_latent_stability``: for each latent of a reference SAE, its matched cosine in
+  every other seed; a per-latent score to filter latents by.
+
+``stability_pair`` returns every metric as a :class:`MetricValue` with its random-unit
+baseline (activation MCC: a permutation baseline) and, if init decoders are given, the
+init baseline. ``stability_set`` averages pairs with a bootstrap CI over pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from husai.metrics.baselines import MetricValue, metric_value, monte_carlo, random_unit_baseline
+from husai.metrics.inputs import alive_from_codes, as_decoder, as_encoder, as_mask
+from husai.metrics.matching import DENSE_MAX, cosine_matrix, match, match_scores, unit_rows
+from husai.metrics.subspace import default_ranks, span_overlap, subspace_overlap
+
+log = logging.getLogger(__name__)
+
+
+def pw_mcc(a: Any, b: Any, *, signed: bool = True) -> float:
+    """Song et al. 2025 PW-MCC: Hungarian on signed cosine, all latents, mean over matches."""
+    dec_a, dec_b = as_decoder(a), as_decoder(b)
+    if dec_a.shape[0] * dec_b.shape[0] <= DENSE_MAX:
+        dec_a, dec_b = dec_a.double(), dec_b.double()
+    return match(dec_a, dec_b, signed=signed).mean
+
+
+def mmcs(a: Any, b: Any) -> float:
+    """Mean max |cosine|, both directions averaged (Sharkey et al. 2022)."""
+    dec_a, dec_b = as_decoder(a), as_decoder(b)
+    if dec_a.shape[0] == 0 or dec_b.shape[0] == 0:
+        return 0.0
+    abs_AB = cosine_matrix(dec_a, dec_b).abs()
+    return 0.5 * float(
+        abs_AB.max(dim=1).values.double().mean() + abs_AB.max(dim=0).values.double().mean()
+    )
+
+
+def shared_fraction(
+    dec_a: Any, dec_b: Any, enc_a: Any = None, enc_b: Any = None, *, tau: float = 0.7
+) -> float:
+    """Share of matched pairs with decoder (and, if given, encoder) cosine >= tau."""
+    m = match(as_decoder(dec_a), as_decoder(dec_b))
+    if m.values.size == 0:
+        return 0.0
+    ok = m.values >= tau
+    if enc_a is not None and enc_b is not None:
+        e_a, e_b = unit_rows(as_decoder(enc_a)), unit_rows(as_decoder(enc_b))
+        enc_cos = (e_a[torch.from_numpy(m.rows)] * e_b[torch.from_numpy(m.cols)]).sum(1).numpy()
+        ok &= enc_cos >= tau
+    return float(ok.mean())
+
+
+def correlation_matrix(
+    codes_a_NA: Float[Tensor, "N n_a"], codes_b_NB: Float[Tensor, "N n_b"]
+) -> Float[Tensor, "n_a n_b"]:
+    """Pearson correlation of every latent of A with every latent of B (0 for constant latents)."""
+    z_a, z_b = _standardise(codes_a_NA), _standardise(codes_b_NB)
+    return (z_a.T @ z_b) / max(1, z_a.shape[0])
+
+
+def _standardise(codes_NS: Tensor) -> Tensor:
+    x = torch.as_tensor(codes_NS).detach().to("cpu", torch.float64)
+    x = x - x.mean(dim=0, keepdim=True)
+    std = x.pow(2).mean(dim=0, keepdim=True).sqrt()
+    return torch.where(std > 1e-12, x / torch.where(std > 1e-12, std, 1.0), torch.zeros_like(x))
+
+
+def activation_mcc(codes_a_NA: Tensor, codes_b_NB: Tensor) -> float:
+    """Hungarian matching on |Pearson correlation| of activations; mean over matched pairs."""
+    if codes_a_NA.shape[0] != codes_b_NB.shape[0]:
+        raise ValueError(
+            f"codes must cover the same inputs: {codes_a_NA.shape[0]} vs {codes_b_NB.shape[0]}"
+        )
+    return match_scores(correlation_matrix(codes_a_NA, codes_b_NB).abs()).mean
+
+
+def per_latent_stability(ref: Any, others: list[Any], *, signed: bool = True) -> np.ndarray:
+    """[n_ref, len(others)]: each reference latent's matched cosine in every other SAE.
+
+    Reference latents left unmatched (the other SAE is narrower) score 0.
+    """
+    dec_ref = as_decoder(ref)
+    cols = [match(dec_ref, as_decoder(o), signed=signed).per_a(0.0) for o in others]
+    return np.stack(cols, axis=1) if cols else np.zeros((dec_ref.shape[0], 0))
+
+
+def _init_value(fn: Any, init_a: Any, init_b: Any) -> float | None:
+    if init_a is None or init_b is None:
+        return None
+    return float(fn(init_a, init_b))
+
+
+def stability_pair(
+    a: Any,
+    b: Any,
+    *,
+    codes_a: Tensor | None = None,
+    codes_b: Tensor | None = None,
+    alive_a: Tensor | None = None,
+    alive_b: Tensor | None = None,
+    enc_a: Tensor | None = None,
+    enc_b: Tensor | None = None,
+    init_a: Any = None,
+    init_b: Any = None,
+    baselines: bool = True,
+    tau: float = 0.7,
+    ranks: list[int] | None = None,
+    trials: int | None = None,
+    seed: int = 0,
+) -> dict[str, MetricValue]:
+    """Every stability metric of one SAE pair, each with its baselines.
+
+    ``a``/``b``: decoders ``[n, d]``, SAE objects or SAE directories. ``alive_*`` default
+    to latents with a non-zero code in ``codes_*``; without codes or masks the alive-only
+    and activation metrics are omitted. ``init_*``: the same SAEs at initialisation
+    (decoders, or SAE objects to include encoders) for the init baseline.
+    """
+    dec_a, dec_b = as_decoder(a), as_decoder(b)
+    enc_a = as_decoder(enc_a) if enc_a is not None else as_encoder(a)
+    enc_b = as_decoder(enc_b) if enc_b is not None else as_encoder(b)
+    d = dec_a.shape[1]
+    n = (dec_a.shape[0], dec_b.shape[0])
+    ctx = _Ctx(baselines, trials, seed, d)
+    out: dict[str, MetricValue] = {}
+    out["pw_mcc"] = ctx.value(
+        "pw_mcc", pw_mcc(dec_a, dec_b), n, _init_value(pw_mcc, init_a, init_b)
+    )
+    out["mmcs"] = ctx.value("mmcs", mmcs(dec_a, dec_b), n, _init_value(mmcs, init_a, init_b))
+    out["shared_fraction"] = _shared(ctx, dec_a, dec_b, enc_a, enc_b, init_a, init_b, tau)
+    alive = _alive_masks(dec_a, dec_b, codes_a, codes_b, alive_a, alive_b)
+    if alive is not None:
+        out["pw_mcc_alive"] = _alive_pw_mcc(ctx, dec_a, dec_b, *alive)
+    if codes_a is not None and codes_b is not None:
+        out["activation_mcc"] = _activation(ctx, codes_a, codes_b)
+    out.update(_subspaces(ctx, dec_a, dec_b, init_a, init_b, ranks))
+    return out
+
+
+class _Ctx:
+    """Shared baseline settings of one ``stability_pair`` call."""
+
+    def __init__(self, baselines: bool, trials: int | None, seed: int, d: int) -> None:
+        self.baselines, self.trials, self.seed, self.d = baselines, trials, seed, d
+
+    def value(
+        self,
+        name: str,
+        value: float,
+        n: tuple[int, int],
+        init: float | None,
+        *,
+        base_metric: str | None = None,
+        dead_included: bool = True,
+        note: str = "",
+        **params: Any,
+    ) -> MetricValue:
+        mean = std = None
+        if self.baselines:
+            mean, std = random_unit_baseline(
+                base_metric or name, n[0], n[1], self.d, self.trials, self.seed, **params
+            )
+        return metric_value(
+            name,
+            value,
+            mean,
+            baseline_std=std,
+            baseline_init=init,
+            n_latents=n,
+            dead_included=dead_included,
+            note=note,
+        )
+
+
+def _shared(ctx: _Ctx, dec_a, dec_b, enc_a, enc_b, init_a, init_b, tau: float) -> MetricValue:
+    use_enc = enc_a is not None and enc_b is not None
+    value = shared_fraction(
+        dec_a, dec_b, enc_a if use_enc else None, enc_b if use_enc else None, tau=tau
+    )
+    init = None
+    if init_a is not None and init_b is not None:
+        ie_a, ie_b = as_encoder(init_a), as_encoder(init_b)
+        init = shared_fraction(
+            init_a, init_b, ie_a if use_enc else None, ie_b if use_enc else None, tau=tau
+        )
+    note = f"tau={tau}; " + (
+        "decoder and encoder" if use_enc else "decoder only (no encoders given)"
+    )
+    base_metric = "shared_fraction" if use_enc else "shared_fraction_dec"
+    n = (dec_a.shape[0], dec_b.shape[0])
+    return ctx.value("shared_fraction", value, n, init, base_metric=base_metric, note=note, tau=tau)
+
+
+def _alive_masks(dec_a, dec_b, codes_a, codes_b, alive_a, alive_b) -> tuple[Tensor, Tensor] | None:
+    if alive_a is None and codes_a is not None:
+        alive_a = alive_from_codes(codes_a)
+    if alive_b is None and codes_b is not None:
+        alive_b = alive_from_codes(codes_b)
+    if alive_a is None or alive_b is None:
+        return None
+    return as_mask(alive_a, dec_a.shape[0], "alive_a"), as_mask(alive_b, dec_b.shape[0], "alive_b")
+
+
+def _alive_pw_mcc(
+    ctx: _Ctx, dec_a: Tensor, dec_b: Tensor, alive_a: Tensor, alive_b: Tensor
+) -> MetricValue:
+    sub_a, sub_b = dec_a[alive_a], dec_b[alive_b]
+    n = (sub_a.shape[0], sub_b.shape[0])
+    value = pw_mcc(sub_a, sub_b) if min(n) > 0 else 0.0
+    note = f"alive latents only: {n[0]}/{dec_a.shape[0]} and {n[1]}/{dec_b.shape[0]}"
+    if min(n) == 0:
+        return metric_value("pw_mcc_alive", 0.0, 0.0, n_latents=n, dead_included=False, note=note)
+    return ctx.value(
+        "pw_mcc_alive", value, n, None, base_metric="pw_mcc", dead_included=False, note=note
+    )
+
+
+def _activation(ctx: _Ctx, codes_a: Tensor, codes_b: Tensor) -> MetricValue:
+    codes_a, codes_b = torch.as_tensor(codes_a), torch.as_tensor(codes_b)
+    value = activation_mcc(codes_a, codes_b)
+    base = std = None
+    if ctx.baselines:
+        n_inputs = codes_b.shape[0]
+
+        def one(gen: torch.Generator) -> float:
+            return activation_mcc(codes_a, codes_b[torch.randperm(n_inputs, generator=gen)])
+
+        base, std = monte_carlo(one, min(ctx.trials or 3, 3), ctx.seed)
+    return metric_value(
+        "activation_mcc",
+        value,
+        base,
+        baseline_std=std,
+        baseline_kind="permuted",
+        n_latents=(codes_a.shape[1], codes_b.shape[1]),
+        note="|Pearson| of activations; baseline: B's codes shuffled across inputs",
+    )
+
+
+def _subspaces(
+    ctx: _Ctx, dec_a, dec_b, init_a, init_b, ranks: list[int] | None
+) -> dict[str, MetricValue]:
+    n = (dec_a.shape[0], dec_b.shape[0])
+    ranks = default_ranks(ctx.d, *n) if ranks is None else ranks
+    out = {}
+    for r in ranks:
+        init = None
+        if init_a is not None and init_b is not None:
+            init = subspace_overlap(as_decoder(init_a), as_decoder(init_b), r=r)
+        mv = ctx.value(
+            f"subspace_overlap_r{r}",
+            subspace_overlap(dec_a, dec_b, r=r),
+            n,
+            init,
+            base_metric="subspace_overlap",
+            note=f"top-{r} principal subspaces",
+            r=r,
+        )
+        out[mv.name] = mv
+    if ranks:
+        r0 = 16 if 16 in ranks else ranks[0]
+        main = out[f"subspace_overlap_r{r0}"]
+        out["subspace_overlap"] = MetricValue(**{**main.__dict__, "name": "subspace_overlap"})
+    init = _init_value(span_overlap, init_a, init_b)
+    out["span_overlap"] = ctx.value(
+        "span_overlap",
+        span_overlap(dec_a, dec_b),
+        n,
+        init,
+        note="mean cos^2 of principal angles between decoder spans (1 if both span R^d)",
+    )
+    return out
+
+
+def stability_set(
+    saes: list[Any],
+    *,
+    codes: list[Tensor] | None = None,
+    alive: list[Tensor] | None = None,
+    encs: list[Tensor] | None = None,
+    inits: list[Any] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    **pair_kwargs: Any,
+) -> dict[str, MetricValue]:
+    """Every metric averaged over all seed pairs, with a percentile bootstrap CI over pairs.
+
+    The value, baseline and init baseline are means over pairs; pairs share seeds, so the
+    CI is optimistic. ``extra['pairs']`` lists the per-pair values; ``extra['per_latent']``
+    the per-latent stability of the first SAE against the others.
+    """
+    if len(saes) < 2:
+        raise ValueError(f"stability_set needs at least 2 SAEs, got {len(saes)}")
+    per_pair: dict[str, list[MetricValue]] = {}
+    for i, j in combinations(range(len(saes)), 2):
+        vals = stability_pair(
+            saes[i],
+            saes[j],
+            codes_a=_at(codes, i),
+            codes_b=_at(codes, j),
+            alive_a=_at(alive, i),
+            alive_b=_at(alive, j),
+            enc_a=_at(encs, i),
+            enc_b=_at(encs, j),
+            init_a=_at(inits, i),
+            init_b=_at(inits, j),
+            seed=seed,
+            **pair_kwargs,
+        )
+        for name, mv in vals.items():
+            per_pair.setdefault(name, []).append(mv)
+    out = {name: _aggregate(mvs, n_boot, seed) for name, mvs in per_pair.items()}
+    per_latent = per_latent_stability(saes[0], saes[1:])
+    out["pw_mcc"].extra["per_latent_ref0"] = per_latent.mean(axis=1).tolist()
+    return out
+
+
+def _at(xs: list[Any] | None, i: int) -> Any:
+    return None if xs is None else xs[i]
+
+
+def _aggregate(mvs: list[MetricValue], n_boot: int, seed: int) -> MetricValue:
+    vals = np.array([mv.value for mv in mvs])
+    ci = bootstrap_ci(vals, n_boot, seed) if n_boot and len(vals) > 1 else None
+    first = mvs[0]
+    return metric_value(
+        first.name,
+        float(vals.mean()),
+        float(np.mean([mv.baseline for mv in mvs])),
+        baseline_std=float(np.mean([mv.baseline_std for mv in mvs])),
+        baseline_kind=first.baseline_kind,
+        baseline_init=float(np.mean([mv.baseline_init for mv in mvs])),
+        n_latents=first.n_latents,
+        dead_included=first.dead_included,
+        ci=ci,
+        note=first.note,
+        extra={"pairs": vals.tolist(), "n_latents_pairs": [list(mv.n_latents) for mv in mvs]},
+    )
+
+
+def bootstrap_ci(
+    values: np.ndarray, n_boot: int, seed: int, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (resampling pairs)."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))

@@ -310,6 +310,7 @@ def ground_truth_summary(
         if isinstance(val, MetricValue):
             out[name] = val.value
             out[f"{name}_baseline"] = val.baseline
+    out["plane_coverage_baseline"] = report["plane_coverage_mean"].baseline  # results.parquet name
     out["plane_coverage_per_plane"] = report["plane_coverage_per_plane"]
     out["allocation_counts"] = report["allocation"]["counts"][0]
     out["allocation_freqs"] = report["allocation"]["freqs"]

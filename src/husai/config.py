@@ -121,6 +121,8 @@ class TrainConfig(_Frozen):
     """Stop once test accuracy has stayed >= this for ``early_stop_patience`` steps."""
     early_stop_patience: Annotated[int, Field(ge=0)] = 200
     """Steps test accuracy must hold above ``early_stop_acc`` before stopping."""
+    fast_forward: bool = True
+    """Train with the final-position forward (same parameters and logits, fewer FLOPs); false runs the plain HookedTransformer forward."""
 
 
 class _SAEBase(_Frozen):
@@ -231,6 +233,12 @@ class SAETrainConfig(_Frozen):
     """Decoder snapshots at log-spaced steps, for training dynamics."""
     plateau_tol: Annotated[float, Field(ge=0)] = 1e-3
     """Converged when the relative loss improvement over a window falls below this (0: never stop early)."""
+    plateau_window: Annotated[int, Field(ge=1)] = 200
+    """Steps per window of the plateau test (mean loss of a window vs the window before)."""
+    log_every: Annotated[int, Field(ge=1)] = 50
+    """Steps between entries of the training history (loss terms, L0, dead fraction)."""
+    checkpoint_every: Annotated[int, Field(ge=1)] = 1000
+    """Steps between resumable checkpoints (only when a checkpoint directory is given)."""
     normalize_activations: bool = True
     """Scale activations so that their mean squared norm is d_in (SAELens 'expected_average_only_in')."""
 

@@ -1,0 +1,27 @@
+"""HUSAI's SAE library: five architectures, one batched multi-seed trainer, SAELens-format I/O.
+
+Public API (see /work/notes/LAYOUT.md): :func:`train_group`, :func:`init_group`,
+:class:`GroupResult`, :class:`BatchedSAE`, :func:`save_sae`, :func:`load_sae`,
+:class:`LoadedSAE`, :func:`evaluate`. Importing this package needs only torch,
+safetensors, pydantic and jaxtyping; sae_lens is never imported here.
+"""
+
+from husai.saes.base import Architecture, BatchedSAE
+from husai.saes.evaluate import evaluate
+from husai.saes.io import LoadedSAE, load_sae, save_sae
+from husai.saes.registry import ARCHITECTURES, get_architecture
+from husai.saes.trainer import GroupResult, init_group, train_group
+
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "BatchedSAE",
+    "GroupResult",
+    "LoadedSAE",
+    "evaluate",
+    "get_architecture",
+    "init_group",
+    "load_sae",
+    "save_sae",
+    "train_group",
+]

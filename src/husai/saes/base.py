@@ -1,0 +1,182 @@
+"""The batched SAE and the architecture interface every SAE type implements.
+
+A :class:`BatchedSAE` holds ``n_models`` SAEs of one architecture and width as stacked
+tensors with a leading model dimension: ``W_enc [N, d_in, d_sae]``, ``b_enc [N, d_sae]``,
+``W_dec [N, d_sae, d_in]``, ``b_dec [N, d_in]`` and, for JumpReLU-style inference,
+``threshold [N, d_sae]``. The models differ in init seed and sparsity setting (k or a
+penalty coefficient); per-model hyperparameters are tensors of shape ``[N]``.
+
+An :class:`Architecture` supplies what the trainer must not know: the initial decoder
+norm, whether decoder rows are kept at unit norm, the training forward pass
+(activation, sparsity penalty, auxiliary loss) and the inference encoder. Every
+per-model computation uses ops whose result for model i does not depend on the other
+models (batched matmuls with equal slice shapes, row-wise top-k, elementwise ops,
+reductions over inner dimensions), which is what makes a batched run bit-identical
+to training each model alone; ``tests/unit/test_sae_trainer.py`` checks it.
+
+Initialisation (Conerly et al. 2024, "Circuits Updates - April 2024"; Gao et al. 2024,
+Sec. 2.4): decoder rows are random directions scaled to ``decoder_init_norm``, the
+encoder is the decoder's transpose, biases start at zero. Each model draws from its
+own ``torch.Generator`` seeded by its init seed, so a model's init does not depend on
+the group it is trained in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+class TrainOut(NamedTuple):
+    """What one training forward pass returns (per model unless stated)."""
+
+    losses: dict[str, Tensor]
+    """Loss terms, each ``[N]``; the trainer minimises their sum."""
+    fired_NS: Tensor
+    """bool ``[N, d_sae]``: latent fired at least once in this batch."""
+    l0_N: Tensor
+    """Mean number of active latents per sample, ``[N]`` (detached)."""
+
+
+class Architecture:
+    """Base class of an SAE architecture acting on a :class:`BatchedSAE`.
+
+    Subclasses set the class attributes and implement :meth:`train_forward` and
+    :meth:`encode_pre`; ``cfgs`` holds one SAE config per model.
+    """
+
+    name: ClassVar[str] = ""
+    normalize_decoder: ClassVar[bool] = False
+    decoder_init_norm: ClassVar[float] = 0.1
+    has_threshold_param: ClassVar[bool] = False
+    sparsity_name: ClassVar[str] = ""
+
+    def __init__(self, cfgs: list[Any]) -> None:
+        self.cfgs = list(cfgs)
+
+    def hp(self, name: str, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Per-model hyperparameter ``name`` as a ``[N]`` tensor."""
+        return torch.tensor([getattr(c, name) for c in self.cfgs], dtype=dtype)
+
+    def sparsity(self, cfg: Any) -> float:
+        """The value of the sparsity knob (k or a coefficient) of one config."""
+        return float(getattr(cfg, self.sparsity_name))
+
+    def init_extra(self, cfg: Any, d_sae: int) -> dict[str, Tensor]:
+        """Extra per-model parameters or buffers (e.g. thresholds), without the N dim."""
+        return {}
+
+    def train_forward(self, sae: BatchedSAE, x_NBD: Tensor, dead_NS: Tensor) -> TrainOut:
+        raise NotImplementedError
+
+    def encode(self, sae: BatchedSAE, x_NBD: Tensor) -> Tensor:
+        """Inference codes ``[N, B, d_sae]`` for inputs ``[N, B, d_in]``."""
+        raise NotImplementedError
+
+    def after_step(self, sae: BatchedSAE, out: TrainOut, step: int, active_N: Tensor) -> None:
+        """Update non-gradient state of the ``active_N`` models (e.g. a threshold) after a step."""
+
+
+@dataclass
+class BatchedSAE:
+    """``n_models`` SAEs of one architecture and width, stacked on a leading dimension."""
+
+    arch: Architecture
+    params: dict[str, Tensor]
+    """Trainable tensors: W_enc, b_enc, W_dec, b_dec (+ threshold for jumprelu)."""
+    buffers: dict[str, Tensor] = field(default_factory=dict)
+    """Non-trainable state (e.g. the BatchTopK inference threshold)."""
+
+    @property
+    def W_enc(self) -> Tensor:
+        return self.params["W_enc"]
+
+    @property
+    def b_enc(self) -> Tensor:
+        return self.params["b_enc"]
+
+    @property
+    def W_dec(self) -> Tensor:
+        return self.params["W_dec"]
+
+    @property
+    def b_dec(self) -> Tensor:
+        return self.params["b_dec"]
+
+    @property
+    def threshold(self) -> Tensor | None:
+        return self.params.get("threshold", self.buffers.get("threshold"))
+
+    @property
+    def n_models(self) -> int:
+        return self.W_enc.shape[0]
+
+    @property
+    def d_in(self) -> int:
+        return self.W_enc.shape[1]
+
+    @property
+    def d_sae(self) -> int:
+        return self.W_enc.shape[2]
+
+    def _expand(self, x: Tensor) -> Tensor:
+        return x.expand(self.n_models, *x.shape) if x.dim() == 2 else x
+
+    def pre_acts(self, x_NBD: Tensor) -> Float[Tensor, "N B S"]:
+        """Encoder pre-activations ``(x - b_dec) W_enc + b_enc`` (SAELens 'standard')."""
+        x_in_NBD = self._expand(x_NBD) - self.b_dec[:, None, :]
+        return torch.baddbmm(self.b_enc[:, None, :], x_in_NBD, self.W_enc)
+
+    @torch.no_grad()
+    def encode(self, x_BD: Float[Tensor, "B D"] | Float[Tensor, "N B D"]) -> Float[Tensor, "N B S"]:
+        """Inference codes of every model for shared ``[B, d_in]`` or per-model inputs."""
+        return self.arch.encode(self, self._expand(x_BD))
+
+    @torch.no_grad()
+    def decode(self, codes_NBS: Float[Tensor, "N B S"]) -> Float[Tensor, "N B D"]:
+        """Reconstruction ``codes W_dec + b_dec`` of every model."""
+        return torch.baddbmm(self.b_dec[:, None, :], codes_NBS, self.W_dec)
+
+    @torch.no_grad()
+    def forward(self, x_BD: Float[Tensor, "B D"]) -> Float[Tensor, "N B D"]:
+        return self.decode(self.encode(x_BD))
+
+    def select(self, index: int) -> BatchedSAE:
+        """A one-model BatchedSAE (copies) holding model ``index``."""
+        arch = type(self.arch)([self.arch.cfgs[index]])
+        params = {k: v[index : index + 1].detach().clone() for k, v in self.params.items()}
+        buffers = {k: v[index : index + 1].clone() for k, v in self.buffers.items()}
+        return BatchedSAE(arch, params, buffers)
+
+
+def init_models(arch: Architecture, d_in: int, seeds: list[int]) -> BatchedSAE:
+    """Initialise one model per (config, seed) pair, each from its own generator."""
+    per_model: list[dict[str, Tensor]] = []
+    for cfg, seed in zip(arch.cfgs, seeds, strict=True):
+        gen = torch.Generator().manual_seed(int(seed))
+        W_dec_SD = torch.randn(cfg.d_sae, d_in, generator=gen)
+        W_dec_SD = W_dec_SD / W_dec_SD.norm(dim=-1, keepdim=True) * arch.decoder_init_norm
+        tensors = {
+            "W_enc": W_dec_SD.T.contiguous(),
+            "b_enc": torch.zeros(cfg.d_sae),
+            "W_dec": W_dec_SD,
+            "b_dec": torch.zeros(d_in),
+            **arch.init_extra(cfg, cfg.d_sae),
+        }
+        per_model.append(tensors)
+    stacked = {k: torch.stack([m[k] for m in per_model]) for k in per_model[0]}
+    param_names = {"W_enc", "b_enc", "W_dec", "b_dec"} | (
+        {"threshold"} if arch.has_threshold_param else set()
+    )
+    params = {k: v for k, v in stacked.items() if k in param_names}
+    buffers = {k: v for k, v in stacked.items() if k not in param_names}
+    return BatchedSAE(arch, params, buffers)
+
+
+def mse_per_model(recon_NBD: Tensor, x_NBD: Tensor) -> Tensor:
+    """Squared error summed over d_in, averaged over the batch: ``[N]``."""
+    return (recon_NBD - x_NBD).pow(2).sum(-1).mean(-1)

@@ -1,0 +1,99 @@
+"""BatchTopK SAE (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders").
+
+Training keeps the top k*B positive pre-activations over the whole batch of each
+model (Bussmann et al. Sec. 3, eq. 2), so k latents are active per sample on average:
+
+    z = BatchTopK_{kB}(ReLU((x - b_dec) W_enc + b_enc)),   L = ||x - x_hat||^2 + AuxK
+
+with the AuxK loss of Gao et al. 2024 (see :mod:`husai.saes.topk`). At inference the
+batch dependence is removed with a JumpReLU threshold theta estimated during training
+(Bussmann et al. Sec. 3.1): theta is a bias-corrected exponential moving average (rate
+0.01) of the smallest activation kept in each batch, so it is already meaningful after
+a few steps. Saved as SAELens 'jumprelu' with ``threshold = theta`` for every latent.
+The selection uses ``kthvalue`` per model (ties at the cut keep all tied values).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from husai.saes.base import Architecture, BatchedSAE, TrainOut, mse_per_model
+from husai.saes.topk import rank_mask
+
+EMA_RATE = 0.01
+
+
+def batch_topk(pre_NBS: Tensor, k_N: Tensor) -> tuple[Tensor, Tensor]:
+    """(codes, min kept value per model [N]): top k_n * B positive values per model."""
+    acts_NBS = torch.relu(pre_NBS)
+    n_models, batch, d_sae = acts_NBS.shape
+    cut = []
+    with torch.no_grad():
+        for n in range(n_models):
+            keep = min(int(k_N[n]) * batch, batch * d_sae)
+            flat = acts_NBS[n].reshape(-1)
+            cut.append(flat.kthvalue(flat.numel() - keep + 1).values)
+    cut_N = torch.stack(cut)
+    mask_NBS = (acts_NBS.detach() >= cut_N[:, None, None]) & (acts_NBS.detach() > 0)
+    codes_NBS = acts_NBS * mask_NBS
+    with torch.no_grad():
+        min_kept_N = torch.where(mask_NBS, codes_NBS, float("inf")).amin(dim=(1, 2))
+        min_kept_N = torch.where(torch.isfinite(min_kept_N), min_kept_N, 0.0)
+    return codes_NBS, min_kept_N
+
+
+def dense_auxk(
+    arch: Architecture, sae: BatchedSAE, pre_NBS: Tensor, resid_NBD: Tensor, dead_NS: Tensor
+) -> Tensor:
+    """AuxK loss (Gao et al. 2024, App. A.2) with dense codes, as in :mod:`husai.saes.topk`."""
+    k_aux = max(sae.d_in // 2, 1)
+    n_dead_N = dead_NS.sum(-1)
+    kaux_N = n_dead_N.clamp(max=k_aux)
+    scale_N = (n_dead_N.float() / k_aux).clamp(max=1.0)
+    with torch.no_grad():
+        masked = pre_NBS.detach().masked_fill(~dead_NS[:, None, :], float("-inf"))
+        idx_NBK = masked.topk(int(kaux_N.max()), dim=-1, sorted=True).indices
+    vals_NBK = torch.relu(pre_NBS.gather(-1, idx_NBK)) * rank_mask(kaux_N, idx_NBK.shape[-1])
+    codes_NBS = torch.zeros_like(pre_NBS).scatter(-1, idx_NBK, vals_NBK)
+    e_hat_NBD = torch.bmm(codes_NBS, sae.W_dec)
+    return arch.hp("aux_coefficient") * scale_N * mse_per_model(e_hat_NBD, resid_NBD.detach())
+
+
+class BatchTopKArch(Architecture):
+    name = "batchtopk"
+    normalize_decoder = True
+    decoder_init_norm = 1.0
+    sparsity_name = "k"
+
+    def init_extra(self, cfg, d_sae: int) -> dict[str, Tensor]:
+        return {"threshold": torch.zeros(d_sae), "threshold_ema": torch.zeros(())}
+
+    def encode(self, sae: BatchedSAE, x_NBD: Tensor) -> Tensor:
+        pre_NBS = sae.pre_acts(x_NBD)
+        return torch.relu(pre_NBS) * (pre_NBS > sae.buffers["threshold"][:, None, :])
+
+    def reconstruction_losses(self, sae: BatchedSAE, codes_NBS, x_NBD) -> dict[str, Tensor]:
+        recon_NBD = torch.baddbmm(sae.b_dec[:, None, :], codes_NBS, sae.W_dec)
+        return {"mse": mse_per_model(recon_NBD, x_NBD)}, recon_NBD
+
+    def train_forward(self, sae: BatchedSAE, x_NBD: Tensor, dead_NS: Tensor) -> TrainOut:
+        pre_NBS = sae.pre_acts(x_NBD)
+        codes_NBS, min_kept_N = batch_topk(pre_NBS, self.hp("k", torch.long))
+        self._min_kept_N = min_kept_N
+        losses, recon_NBD = self.reconstruction_losses(sae, codes_NBS, x_NBD)
+        if bool(dead_NS.any()):
+            losses["auxk"] = dense_auxk(self, sae, pre_NBS, x_NBD - recon_NBD, dead_NS)
+        active_NBS = codes_NBS.detach() > 0
+        return TrainOut(losses, active_NBS.any(1), active_NBS.sum(-1, dtype=torch.float32).mean(-1))
+
+    @torch.no_grad()
+    def after_step(self, sae: BatchedSAE, out: TrainOut, step: int, active_N: Tensor) -> None:
+        ema_N = sae.buffers["threshold_ema"]
+        new_N = ema_N * (1 - EMA_RATE) + EMA_RATE * self._min_kept_N
+        ema_N.copy_(torch.where(active_N, new_N, ema_N))
+        theta_N = ema_N / (1 - (1 - EMA_RATE) ** (step + 1))
+        theta_NS = theta_N[:, None].expand_as(sae.buffers["threshold"])
+        sae.buffers["threshold"].copy_(
+            torch.where(active_N[:, None], theta_NS, sae.buffers["threshold"])
+        )

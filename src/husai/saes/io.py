@@ -1,0 +1,203 @@
+"""SAE directories in SAELens format: ``cfg.json`` + ``sae_weights.safetensors``.
+
+Writing: each SAE gets W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
+b_dec [d_in] and, for JumpReLU inference, threshold [d_sae]. The SAELens
+architecture is 'standard' (relu), 'topk' (topk) or 'jumprelu' (jumprelu, and
+batchtopk / matryoshka, whose inference rule is a JumpReLU at the threshold estimated
+in training, as SAELens itself saves BatchTopK). Flags whose defaults differ between
+SAELens' training and inference configs are written explicitly:
+``apply_b_dec_to_input = true``, ``normalize_activations = "none"`` (our scale is
+folded into the weights, see :mod:`husai.saes.trainer`), and for topk ``k`` and
+``rescale_acts_by_decoder_norm = false``. A ``husai`` sub-dict records the HUSAI
+architecture, its config, init seed, sparsity, training config and the folded scale.
+
+Reading (:func:`load_sae`) accepts our directories and SAELens ones: inference
+configs ('standard', 'topk', 'jumprelu') and training saves ('batchtopk', whose
+scalar ``topk_threshold`` becomes a JumpReLU threshold). A topk SAE saved with
+``rescale_acts_by_decoder_norm = true`` has the decoder norms folded into the encoder
+on load (exactly equivalent), so ``W_dec`` rows are unit norm.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from husai.errors import UserError
+from husai.io import atomic_save_safetensors, atomic_write_json
+from husai.saes.base import BatchedSAE
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+SAELENS_ARCH = {
+    "relu": "standard",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+    "matryoshka": "jumprelu",
+}
+FROM_SAELENS = {
+    "standard": "relu",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "batchtopk": "batchtopk",
+}
+
+
+def save_sae(
+    sae_dir: str | Path, group_or_sae: Any, index: int, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write model ``index`` of a GroupResult or BatchedSAE to ``sae_dir`` (SAELens format)."""
+    sae_dir = Path(sae_dir)
+    sae: BatchedSAE = getattr(group_or_sae, "sae", group_or_sae)
+    if not 0 <= index < sae.n_models:
+        raise UserError(f"index: expected 0 <= index < {sae.n_models}, got {index}")
+    cfg = sae.arch.cfgs[index]
+    tensors = {
+        "W_enc": sae.W_enc[index],
+        "W_dec": sae.W_dec[index],
+        "b_enc": sae.b_enc[index],
+        "b_dec": sae.b_dec[index],
+    }
+    if SAELENS_ARCH[cfg.arch] == "jumprelu":
+        tensors["threshold"] = sae.threshold[index]
+    atomic_save_safetensors(
+        sae_dir / WEIGHTS_FILE, {k: v.detach().float() for k, v in tensors.items()}
+    )
+    atomic_write_json(sae_dir / CFG_FILE, _cfg_dict(sae, group_or_sae, index, extra or {}))
+    return sae_dir
+
+
+def _cfg_dict(sae: BatchedSAE, group: Any, index: int, extra: dict[str, Any]) -> dict[str, Any]:
+    cfg = sae.arch.cfgs[index]
+    out: dict[str, Any] = {
+        "architecture": SAELENS_ARCH[cfg.arch],
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {k: extra[k] for k in ("hook_name", "model_name") if k in extra},
+    }
+    if cfg.arch == "topk":
+        out |= {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
+    husai: dict[str, Any] = {
+        "format_version": 1,
+        "arch": cfg.arch,
+        "sae_config": cfg.model_dump(mode="json"),
+        "sparsity_name": sae.arch.sparsity_name,
+        "sparsity": sae.arch.sparsity(cfg),
+    }
+    if hasattr(group, "members"):
+        train_cfg = group.train_cfg
+        husai |= {
+            "init_seed": group.members[index][1],
+            "model_index": index,
+            "steps": group.steps,
+            "converged_step": group.converged_step[index],
+            "norm_scale": group.norm_scale,
+            "norm_scale_folded": True,
+            "train_config": train_cfg.model_dump(mode="json") if train_cfg else None,
+            "data_seed": train_cfg.data_seed if train_cfg else None,
+        }
+    if cfg.arch == "matryoshka":
+        from husai.saes.matryoshka import prefixes_of
+
+        husai["prefixes"] = list(prefixes_of(cfg))
+    out["husai"] = husai | extra
+    return out
+
+
+@dataclass
+class LoadedSAE:
+    """One SAE read from a HUSAI or SAELens directory, acting on raw activations."""
+
+    W_enc: Tensor
+    W_dec: Tensor
+    b_enc: Tensor
+    b_dec: Tensor
+    threshold: Tensor | None
+    arch: str
+    cfg: dict[str, Any]
+    k: int | None = None
+    apply_b_dec_to_input: bool = True
+
+    @property
+    def d_in(self) -> int:
+        return self.W_enc.shape[0]
+
+    @property
+    def d_sae(self) -> int:
+        return self.W_enc.shape[1]
+
+    @torch.no_grad()
+    def encode(self, x_BD: Float[Tensor, "B D"]) -> Float[Tensor, "B S"]:
+        x_in = x_BD.float() - self.b_dec if self.apply_b_dec_to_input else x_BD.float()
+        pre_BS = x_in @ self.W_enc + self.b_enc
+        if self.k is not None:
+            vals, idx = pre_BS.topk(self.k, dim=-1, sorted=True)
+            return torch.zeros_like(pre_BS).scatter_(-1, idx, torch.relu(vals))
+        if self.threshold is not None:
+            return torch.relu(pre_BS) * (pre_BS > self.threshold)
+        return torch.relu(pre_BS)
+
+    @torch.no_grad()
+    def decode(self, codes_BS: Float[Tensor, "B S"]) -> Float[Tensor, "B D"]:
+        return codes_BS @ self.W_dec + self.b_dec
+
+
+def load_sae(sae_dir: str | Path) -> LoadedSAE:
+    """Read an SAE directory written by HUSAI or by SAELens (``save_model`` / inference save)."""
+    from safetensors.torch import load_file
+
+    sae_dir = Path(sae_dir)
+    for name in (CFG_FILE, WEIGHTS_FILE):
+        if not (sae_dir / name).is_file():
+            raise UserError(f"{sae_dir}: not an SAE directory ({name} missing)")
+    try:
+        cfg = json.loads((sae_dir / CFG_FILE).read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{sae_dir / CFG_FILE}: not valid JSON") from None
+    w = {k: v.float() for k, v in load_file(str(sae_dir / WEIGHTS_FILE)).items()}
+    sl_arch = cfg.get("architecture", "standard")
+    if sl_arch not in FROM_SAELENS:
+        raise UserError(f"{sae_dir / CFG_FILE}: architecture {sl_arch!r} is not supported")
+    if cfg.get("normalize_activations", "none") not in ("none", None):
+        raise UserError(
+            f"{sae_dir / CFG_FILE}: normalize_activations {cfg['normalize_activations']!r} "
+            "is not supported; fold the scaling into the weights first"
+        )
+    missing = {"W_enc", "W_dec", "b_dec"} - set(w)
+    if missing:
+        raise UserError(f"{sae_dir / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
+    b_enc = w.get("b_enc", torch.zeros(w["W_enc"].shape[1]))
+    threshold = w.get("threshold")
+    if sl_arch == "batchtopk":
+        threshold = torch.full_like(b_enc, float(w["topk_threshold"]))
+    k = int(cfg["k"]) if sl_arch == "topk" else None
+    W_enc, W_dec = w["W_enc"], w["W_dec"]
+    if cfg.get("rescale_acts_by_decoder_norm", False):
+        norms_S = W_dec.norm(dim=-1)
+        W_enc, b_enc, W_dec = W_enc * norms_S, b_enc * norms_S, W_dec / norms_S[:, None]
+        if threshold is not None:
+            threshold = threshold.clone()
+    arch = cfg.get("husai", {}).get("arch", FROM_SAELENS[sl_arch])
+    return LoadedSAE(
+        W_enc=W_enc,
+        W_dec=W_dec,
+        b_enc=b_enc,
+        b_dec=w["b_dec"],
+        threshold=threshold,
+        arch=arch,
+        cfg=cfg,
+        k=k,
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+    )

@@ -1,0 +1,83 @@
+"""TopK SAE with the AuxK loss for dead latents (Gao et al. 2024, "Scaling and evaluating
+sparse autoencoders").
+
+    z     = ReLU(TopK_k((x - b_dec) W_enc + b_enc))             (Gao et al. eq. 3)
+    x_hat = z W_dec + b_dec
+    L     = ||x - x_hat||^2 + alpha * s * ||e - e_hat||^2        (Appendix A.2)
+
+where e = x - x_hat (no gradient), e_hat = z_aux W_dec with z_aux the top k_aux
+pre-activations among latents dead for ``dead_window`` samples, k_aux = d_in / 2,
+alpha = 1/32 by default and s = min(n_dead / k_aux, 1) scales the loss down when few
+latents are dead (as in SAELens). Decoder rows are kept at unit norm after every step
+(Gao et al. Sec. 2.4); the gradient component parallel to the rows is not projected
+out. Saved as SAELens 'topk' with ``rescale_acts_by_decoder_norm = False``.
+
+Per-model k inside one group: the top ``max k`` latents are taken sorted by value and
+model n keeps its first k_n, so each model selects exactly what it would alone. The
+encoder pre-activations are computed without autograd; gradients flow through
+:mod:`husai.saes.sparse` at the selected (sample, latent) pairs only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from husai.saes.base import Architecture, BatchedSAE, TrainOut, mse_per_model
+from husai.saes.sparse import LatentSorter, SparseDecode, SparseEncode
+
+
+def rank_mask(k_N: Tensor, width: int) -> Tensor:
+    """float ``[N, 1, width]``: 1 where the rank j < k_n."""
+    return (torch.arange(width)[None, :] < k_N[:, None]).float()[:, None, :]
+
+
+class TopKArch(Architecture):
+    name = "topk"
+    normalize_decoder = True
+    decoder_init_norm = 1.0
+    sparsity_name = "k"
+
+    def encode(self, sae: BatchedSAE, x_NBD: Tensor) -> Tensor:
+        k_N = self.hp("k", torch.long)
+        pre_NBS = sae.pre_acts(x_NBD)
+        vals_NBK, idx_NBK = pre_NBS.topk(int(k_N.max()), dim=-1, sorted=True)
+        codes_NBK = torch.relu(vals_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
+        return torch.zeros_like(pre_NBS).scatter_(-1, idx_NBK, codes_NBK)
+
+    def train_forward(self, sae: BatchedSAE, x_NBD: Tensor, dead_NS: Tensor) -> TrainOut:
+        k_N = self.hp("k", torch.long)
+        x_in_NBD = x_NBD - sae.b_dec[:, None, :]
+        with torch.no_grad():
+            pre_NBS = torch.baddbmm(sae.b_enc[:, None, :], x_in_NBD, sae.W_enc)
+            idx_NBK = pre_NBS.topk(int(k_N.max()), dim=-1, sorted=True).indices
+        sorter = LatentSorter(idx_NBK, sae.d_sae)
+        vals_NBK = SparseEncode.apply(x_in_NBD, sae.W_enc, sae.b_enc, pre_NBS, idx_NBK, sorter)
+        codes_NBK = torch.relu(vals_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
+        recon_NBD = SparseDecode.apply(codes_NBK, idx_NBK, sae.W_dec, sorter)
+        recon_NBD = recon_NBD + sae.b_dec[:, None, :]
+        losses = {"mse": mse_per_model(recon_NBD, x_NBD)}
+        if bool(dead_NS.any()):
+            losses["auxk"] = self._auxk(sae, x_in_NBD, pre_NBS, x_NBD - recon_NBD, dead_NS)
+        active_NBK = codes_NBK.detach() > 0
+        counts_NS = torch.zeros(sae.n_models, sae.d_sae).scatter_add_(
+            1, idx_NBK.reshape(sae.n_models, -1), active_NBK.reshape(sae.n_models, -1).float()
+        )
+        return TrainOut(losses, counts_NS > 0, active_NBK.sum(-1, dtype=torch.float32).mean(-1))
+
+    def _auxk(
+        self, sae: BatchedSAE, x_in_NBD: Tensor, pre_NBS: Tensor, resid_NBD: Tensor, dead_NS: Tensor
+    ) -> Tensor:
+        k_aux = max(sae.d_in // 2, 1)
+        n_dead_N = dead_NS.sum(-1)
+        kaux_N = n_dead_N.clamp(max=k_aux)
+        scale_N = (n_dead_N.float() / k_aux).clamp(max=1.0)
+        with torch.no_grad():
+            masked_NBS = pre_NBS.masked_fill(~dead_NS[:, None, :], float("-inf"))
+            idx_NBK = masked_NBS.topk(int(kaux_N.max()), dim=-1, sorted=True).indices
+        sorter = LatentSorter(idx_NBK, sae.d_sae)
+        vals_NBK = SparseEncode.apply(x_in_NBD, sae.W_enc, sae.b_enc, pre_NBS, idx_NBK, sorter)
+        codes_NBK = torch.relu(vals_NBK) * rank_mask(kaux_N, idx_NBK.shape[-1])
+        e_hat_NBD = SparseDecode.apply(codes_NBK, idx_NBK, sae.W_dec, sorter)
+        aux_N = mse_per_model(e_hat_NBD, resid_NBD.detach())
+        return self.hp("aux_coefficient") * scale_N * aux_N

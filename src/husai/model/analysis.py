@@ -1,0 +1,106 @@
+"""Fourier analysis of a trained model run, written to ``<run_dir>/fourier.json``.
+
+Reads the model's weights (the maths lives in :mod:`husai.model.fourier`):
+
+- ``we_norms``: Fourier norm per frequency of the number embeddings W_E[:p] (rows = input);
+- ``wl_norms``: the same for the neuron-logit map W_L = W_out W_U (columns = output), which
+  Nanda et al. 2023 use to read the key frequencies, being sparser than W_E;
+- ``key_freqs``: the fewest frequencies carrying 90% of W_L's non-constant squared norm;
+- ``gini_we``/``gini_wl`` and ``top8_share_we`` (share of W_E's non-constant squared Fourier
+  norm in its 8 largest frequencies; ``top8_share_we_norm`` uses plain norms);
+- ``progress``: per checkpoint, train/test loss, restricted loss (on all inputs) and excluded
+  loss (on the training inputs) with the final key frequencies (addition only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformer_lens import HookedTransformer
+
+from husai.io import atomic_write_json
+from husai.model.build import final_logits
+from husai.model.fourier import (
+    frequency_norms,
+    gini,
+    key_frequencies,
+    restricted_and_excluded,
+    top_share,
+)
+from husai.model.store import checkpoint_file, list_checkpoints
+from husai.tasks import ModularDataset
+
+KEY_COVERAGE = 0.9
+
+
+def weight_fourier(model: HookedTransformer, p: int) -> dict[str, Any]:
+    """Fourier norms of W_E and W_L, key frequencies, Gini and top-8 shares."""
+    we = frequency_norms(model.embed.W_E[:p])
+    last = model.blocks[-1]
+    wl = frequency_norms((last.mlp.W_out @ model.unembed.W_U).T)
+    return {
+        "we_norms": we.tolist(),
+        "wl_norms": wl.tolist(),
+        "key_freqs": key_frequencies(wl, KEY_COVERAGE),
+        "key_freqs_we": key_frequencies(we, KEY_COVERAGE),
+        "gini_we": gini(we[1:]),
+        "gini_wl": gini(wl[1:]),
+        "top8_share_we": top_share(we, 8),
+        "top8_share_we_norm": top_share(we, 8, squared=False),
+        "top8_share_wl": top_share(wl, 8),
+    }
+
+
+@torch.no_grad()
+def progress_measures(
+    model: HookedTransformer, data: ModularDataset, key_freqs: list[int]
+) -> dict[str, float | None]:
+    """Train/test loss, and restricted/excluded loss if the task is a+b on the full grid."""
+    p = data.modulus
+    logits_NC = final_logits(model, data.tokens).double()
+    out: dict[str, float | None] = {
+        "train_loss": F.cross_entropy(
+            logits_NC[data.train_mask], data.labels[data.train_mask]
+        ).item(),
+        "test_loss": F.cross_entropy(
+            logits_NC[~data.train_mask], data.labels[~data.train_mask]
+        ).item(),
+        "restricted_loss": None,
+        "excluded_loss": None,
+    }
+    if _is_full_addition(data):
+        restricted, excluded = restricted_and_excluded(logits_NC.view(p, p, p), key_freqs)
+        out["restricted_loss"] = F.cross_entropy(restricted.reshape(p * p, p), data.labels).item()
+        mask = data.train_mask
+        out["excluded_loss"] = F.cross_entropy(
+            excluded.reshape(p * p, p)[mask], data.labels[mask]
+        ).item()
+    return out
+
+
+def _is_full_addition(data: ModularDataset) -> bool:
+    p = data.modulus
+    labels_ok = bool((data.labels == (data.pairs[:, 0] + data.pairs[:, 1]) % p).all())
+    return data.pairs.shape[0] == p * p and labels_ok
+
+
+def write_fourier_json(
+    run_dir: Path, model: HookedTransformer, data: ModularDataset
+) -> dict[str, Any]:
+    """Analyse the final weights and every checkpoint; write and return fourier.json's dict."""
+    result = weight_fourier(model, data.modulus)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rows: dict[str, list[Any]] = {"step": []}
+    for step in list_checkpoints(run_dir):
+        model.load_state_dict(load_file(str(checkpoint_file(run_dir, step))))
+        rows["step"].append(step)
+        for k, v in progress_measures(model, data, result["key_freqs"]).items():
+            rows.setdefault(k, []).append(v)
+    model.load_state_dict(state)
+    result["progress"] = rows
+    atomic_write_json(Path(run_dir) / "fourier.json", result)
+    return result

@@ -1,0 +1,136 @@
+"""Assemble the study report: nine sections, rendered to report.html and report.md.
+
+Each section is built by its own function from the run store; a section whose
+builder raises is replaced by a visible note naming the error (and the error is
+logged), so one bad file never costs the whole report. HTML embeds every figure as
+a base64 PNG; Markdown links the same PNGs, written to ``report_files/`` beside it.
+All files are written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from husai.errors import UserError
+from husai.io import atomic_write_bytes, atomic_write_text
+from husai.report import guidelines
+from husai.report.render import (
+    Block,
+    Bullets,
+    Note,
+    Para,
+    Section,
+    fmt,
+    iter_figures,
+    render_html,
+    render_markdown,
+)
+from husai.report.sections_gt import geometry_section, ground_truth_section
+from husai.report.sections_misc import failures_section
+from husai.report.sections_model import activations_section, model_section
+from husai.report.sections_stability import dynamics_section, stability_section, verdict_section
+from husai.report.store import RunStore
+
+log = logging.getLogger(__name__)
+FIGURE_DIR = "report_files"
+
+
+def build_report(
+    run_dir: Path, *, stability_threshold: float = 0.7, ev_threshold: float = 0.9
+) -> Path:
+    """Write ``run_dir/report.html`` (self-contained) and ``run_dir/report.md``; return the HTML path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"report: run directory {run_dir} does not exist")
+    for name, v in (("stability_threshold", stability_threshold), ("ev_threshold", ev_threshold)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1):
+            raise UserError(f"report: {name} must be in (0, 1], got {v!r}")
+    store = RunStore.open(run_dir)
+    st, ev = float(stability_threshold), float(ev_threshold)
+    sections = build_sections(store, st, ev)
+    _unique_figure_names(sections)
+    title = f"HUSAI study report: {_study_name(store)}"
+    intro = _intro(store, st, ev)
+    fig_dir = run_dir / FIGURE_DIR
+    names = set()
+    for fig in iter_figures(sections):
+        atomic_write_bytes(fig_dir / f"{fig.name}.png", fig.png)
+        names.add(f"{fig.name}.png")
+    for stale in fig_dir.glob("*.png") if fig_dir.is_dir() else []:
+        if stale.name not in names:
+            stale.unlink()
+    atomic_write_text(run_dir / "report.md", render_markdown(title, intro, sections, FIGURE_DIR))
+    html_path = run_dir / "report.html"
+    atomic_write_text(html_path, render_html(title, intro, sections))
+    log.info("report: wrote %s and report.md", html_path)
+    return html_path
+
+
+def build_sections(store: RunStore, st: float, ev: float) -> list[Section]:
+    builders: list[tuple[str, str, Callable[[], Section]]] = [
+        ("1. The model", "model", lambda: model_section(store)),
+        ("2. The activations", "activations", lambda: activations_section(store)),
+        ("3. Stability", "stability", lambda: stability_section(store, st, ev)),
+        ("4. The verdict", "verdict", lambda: verdict_section(store, st, ev)[0]),
+        ("5. Ground truth", "ground-truth", lambda: ground_truth_section(store)),
+        ("6. Dynamics", "dynamics", lambda: dynamics_section(store)),
+        ("7. Geometry", "geometry", lambda: geometry_section(store)),
+        ("8. Guidelines", "guidelines", lambda: guidelines_section(store, st, ev)),
+        ("9. Failures and provenance", "failures", lambda: failures_section(store)),
+    ]
+    return [_safe(title, anchor, fn) for title, anchor, fn in builders]
+
+
+def _safe(title: str, anchor: str, fn: Callable[[], Section]) -> Section:
+    try:
+        return fn()
+    except Exception as err:  # one broken input must not cost the whole report
+        log.exception("report: section %r failed", title)
+        msg = f"This section could not be built: {err.__class__.__name__}: {err}"
+        return Section(title, anchor).add(Note(msg))
+
+
+def guidelines_section(store: RunStore, st: float, ev: float) -> Section:
+    sec = Section("8. Guidelines", "guidelines")
+    ranks: dict[str, float] = {}
+    for a in store.acts:
+        rank = a.meta.get("effective_rank")
+        if isinstance(rank, (int, float)) and (a.hook not in ranks or a.checkpoint == "final"):
+            ranks[a.hook] = float(rank)
+    return sec.add(*guidelines.guidelines(store.summary, store.results, ranks, st, ev))
+
+
+def _study_name(store: RunStore) -> str:
+    prov = store.provenance or {}
+    study = prov.get("study") if isinstance(prov.get("study"), dict) else {}
+    return str(study.get("name") or store.root.resolve().name)
+
+
+def _intro(store: RunStore, st: float, ev: float) -> list[Block]:
+    blocks: list[Block] = [
+        Para(
+            f"Run store: {store.root}. Every number below is read from the run's tables "
+            f"(results, pairs, summary, dynamics parquet; model and activation JSON) or computed "
+            f"from its SAE weights. Verdict thresholds: alive-only PW-MCC >= {fmt(st)}, "
+            f"explained variance >= {fmt(ev)}."
+        )
+    ]
+    if store.missing:
+        items = [store.missing[k] for k in sorted(store.missing)]
+        blocks += [
+            Note("Some inputs are missing; the sections that need them say so."),
+            Bullets(items),
+        ]
+    return blocks
+
+
+def _unique_figure_names(sections: list[Section]) -> None:
+    seen: dict[str, int] = {}
+    for fig in iter_figures(sections):
+        base = "".join(c if c.isalnum() or c in "-_" else "_" for c in fig.name)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        fig.name = base if n == 0 else f"{base}_{n}"

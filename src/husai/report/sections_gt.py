@@ -1,0 +1,292 @@
+"""Sections 5 (ground truth) and 7 (geometry): SAE decoders against the Fourier planes.
+
+Per-configuration numbers (GT-MCC, plane coverage, purity) come from
+``results.parquet``. The angle panels, projections and purity heatmaps are computed
+here from the SAE weights (``units/*/saes/*/sae_weights.safetensors``) and the
+planes (``activations/**/planes.safetensors``), for two configurations per hook: the
+most and the least stable by alive-only PW-MCC. A latent counts as lying in a plane
+when at least 25% of its squared norm is inside it (in-plane norm >= 0.5).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from husai.report import figures, geometry, guidelines
+from husai.report.render import Block, Figure, Note, Para, Section, Table, fmt, fmt_param
+from husai.report.store import Planes, RunStore
+
+IN_PLANE = 0.5
+KEYS = ["arch", "d_sae", "hook", "checkpoint", "sparsity"]
+GT_COLS = [("gt_mcc", "gt_mcc_baseline"), ("plane_coverage_mean", "plane_coverage_baseline")]
+
+
+def ok_results(store: RunStore) -> Any:
+    r = store.results
+    if r is None or r.empty:
+        return None
+    r = r[r.status == "ok"] if "status" in r else r
+    if "checkpoint" not in r:
+        r = r.assign(checkpoint="final")
+    return r if {"arch", "d_sae", "hook", "sparsity"} <= set(r.columns) else None
+
+
+def ground_truth_section(store: RunStore) -> Section:
+    sec = Section("5. Ground truth", "ground-truth")
+    res = ok_results(store)
+    if res is None:
+        return sec.add(
+            Note(
+                store.missing.get(
+                    "results.parquet", "results.parquet has no successful rows with config columns"
+                )
+            )
+        )
+    cols = [c for pair in GT_COLS for c in pair if c in res] + (
+        ["purity_mean"] if "purity_mean" in res else []
+    )
+    if not cols:
+        sec.add(
+            Note(
+                "results.parquet has no ground-truth columns (gt_mcc, plane_coverage_mean, purity_mean)."
+            )
+        )
+    else:
+        sec.subsections.append(_gt_table(res, cols))
+    sec.subsections.append(_angle_panels(store, res))
+    return sec
+
+
+def _gt_table(res: Any, cols: list[str]) -> Section:
+    sub = Section("GT-MCC and plane coverage per configuration", "gt-table")
+    agg = (
+        res.groupby(KEYS + ["sparsity_name"] if "sparsity_name" in res else KEYS, sort=True)[cols]
+        .mean()
+        .reset_index()
+    )
+    if "sparsity_name" not in agg:
+        agg["sparsity_name"] = "sparsity"
+    n = res.groupby(KEYS).size().rename("n").reset_index()
+    agg = agg.merge(n, on=KEYS)
+    agg["label"] = [guidelines.label(r) for r in agg.itertuples()]
+    rows = [[r["label"], int(r["n"]), *(r[c] for c in cols)] for _, r in agg.iterrows()]
+    sub.add(
+        Table(
+            ["configuration", "seeds", *cols],
+            rows,
+            "Mean over seeds (results.parquet); the columns ending in _baseline are random-dictionary baselines.",
+        )
+    )
+    pairs = [(v, b) for v, b in GT_COLS if v in agg]
+    if not pairs:
+        return sub.add(
+            Note(
+                "results.parquet has neither gt_mcc nor plane_coverage_mean, so no recovery figure."
+            )
+        )
+    for hook, g in agg.groupby("hook", sort=True):
+        name = f"gt_{hook}".replace(".", "_")
+        sub.add(
+            Figure(
+                name,
+                figures.per_config_bars(g, pairs, f"Ground-truth recovery, {hook}"),
+                f"Ground-truth recovery per configuration at {hook}.",
+            )
+        )
+    return sub
+
+
+def chosen_configs(store: RunStore) -> list[tuple[str, Any]]:
+    """Per (hook, checkpoint): the most and the least stable config (primary summary rows)."""
+    df, _ = guidelines.primary_table(store.summary)
+    if df is None:
+        return []
+    out = []
+    for _, g in df.groupby(["hook", "checkpoint"], sort=True):
+        best, worst = g.loc[g["mean"].idxmax()], g.loc[g["mean"].idxmin()]
+        out.append(("most stable", best))
+        if worst.group_id != best.group_id:
+            out.append(("least stable", worst))
+    return out
+
+
+def seed_decoders(store: RunStore, res: Any, cfg: Any, d_in: int) -> list[tuple[str, Any]]:
+    """(seed label, W_dec [S, d]) for each seed of ``cfg`` whose weights can be read."""
+    sel = res[
+        np.logical_and.reduce(
+            [res[k].astype(str) == str(cfg[k]) for k in ("arch", "hook", "checkpoint")]
+        )
+        & (res.d_sae == cfg["d_sae"])
+        & np.isclose(res.sparsity.astype(float), float(cfg["sparsity"]))
+    ]
+    out = []
+    for r in sel.sort_values("seed" if "seed" in sel else "sae_id").itertuples():
+        dec = (
+            store.decoder(r.unit_id, r.sae_id, d_in)
+            if {"unit_id", "sae_id"} <= set(sel.columns)
+            else None
+        )
+        if dec is not None:
+            out.append((f"seed {getattr(r, 'seed', r.sae_id)}", dec))
+    return out
+
+
+def _key_planes(planes: Planes, per_freq: bool) -> list[int]:
+    idx = [i for i in range(len(planes.freq_P)) if bool(planes.is_key_P[i])]
+    if not per_freq:
+        return idx
+    best: dict[int, int] = {}
+    r2 = planes.r2_P.tolist() if planes.r2_P is not None else [0.0] * len(planes.freq_P)
+    for i in idx:
+        f = int(planes.freq_P[i])
+        if f not in best or r2[i] > r2[best[f]]:
+            best[f] = i
+    return [best[f] for f in sorted(best)]
+
+
+def _plane_label(planes: Planes, i: int) -> str:
+    v = planes.variables[i] if i < len(planes.variables) else ""
+    return f"k={int(planes.freq_P[i])}" + (f" ({v})" if v else "")
+
+
+def _angle_panels(store: RunStore, res: Any) -> Section:
+    sub = Section("How each seed's latents tile the key planes", "gt-angles")
+    configs = chosen_configs(store)
+    if not configs:
+        return sub.add(
+            Note("No configuration to show: summary.parquet has no alive-only PW-MCC rows.")
+        )
+    sub.add(
+        Para(
+            f"For each key frequency, the plane with the largest variance share; each ring is one seed, each dot a latent with at least {IN_PLANE**2:.0%} of its squared norm in the plane (at its angle in the plane; larger dots lie more fully in it). Matching angles across rings mean the seeds learnt the same directions; equal counts at shifted angles mean the same plane in another rotation."
+        )
+    )
+    for kind, cfg in configs:
+        sub.add(*_config_angles(store, res, kind, cfg))
+    return sub
+
+
+def _config_angles(store: RunStore, res: Any, kind: str, cfg: Any) -> list[Block]:
+    planes = store.planes(cfg["hook"], str(cfg["checkpoint"]))
+    title = f"{kind}: {cfg['label']} (alive PW-MCC {fmt(cfg['mean'])})"
+    if planes is None:
+        return [Note(f"{title}: no planes.safetensors for this hook.")]
+    decs = seed_decoders(store, res, cfg, planes.basis_P2D.shape[-1])
+    if not decs:
+        return [Note(f"{title}: no readable SAE weights for its seeds.")]
+    panels, rows = [], []
+    for i in _key_planes(planes, per_freq=True):
+        seeds = []
+        for seed, dec in decs:
+            xy_S2 = geometry.plane_coords(dec, planes.basis_P2D[i : i + 1])[:, 0]
+            norm_S = np.linalg.norm(xy_S2, axis=1)
+            keep = norm_S >= IN_PLANE
+            seeds.append((seed, np.arctan2(xy_S2[keep, 1], xy_S2[keep, 0]), norm_S[keep]))
+        panels.append((_plane_label(planes, i), seeds))
+        rows.append([_plane_label(planes, i), *(len(a) for _, a, _ in seeds)])
+    if not panels:
+        return [Note(f"{title}: the planes file marks no key planes.")]
+    name = f"angles_{kind}_{cfg['group_id']}".replace(" ", "_").replace("/", "_").replace(".", "_")
+    table = Table(
+        ["plane", *(s for s, _ in decs)], rows, f"Latents in each plane per seed, {title}"
+    )
+    return [Figure(name, figures.plane_angles(panels, title), title), table]
+
+
+def geometry_section(store: RunStore) -> Section:
+    sec = Section("7. Geometry", "geometry")
+    res = ok_results(store)
+    if res is None:
+        return sec.add(
+            Note(store.missing.get("results.parquet", "results.parquet has no successful rows"))
+        )
+    configs = [c for c in chosen_configs(store) if c[0] == "most stable"]
+    if not configs:
+        sec.add(Note("No configuration to show: summary.parquet has no alive-only PW-MCC rows."))
+    for _, cfg in configs:
+        sec.add(*_config_geometry(store, res, cfg))
+    sec.subsections.append(_purity_table(store, res))
+    return sec
+
+
+def _config_geometry(store: RunStore, res: Any, cfg: Any) -> list[Block]:
+    planes = store.planes(cfg["hook"], str(cfg["checkpoint"]))
+    if planes is None:
+        return [Note(f"{cfg['label']}: no planes.safetensors for this hook.")]
+    decs = seed_decoders(store, res, cfg, planes.basis_P2D.shape[-1])
+    if not decs:
+        return [Note(f"{cfg['label']}: no readable SAE weights.")]
+    seed, dec = decs[0]
+    idx = _key_planes(planes, per_freq=False)[:16]
+    coords = geometry.plane_coords(dec, planes.basis_P2D[idx])
+    panels = [(_plane_label(planes, i), coords[:, n]) for n, i in enumerate(idx)]
+    title = f"{cfg['label']}, {seed}"
+    freqs, share = geometry.frequency_shares(dec, planes)
+    stats = geometry.purity_stats(share)
+    order = geometry.dominant_order(share)
+    name = f"{cfg['group_id']}".replace("/", "_").replace(".", "_")
+    return [
+        Figure(
+            f"proj_{name}",
+            figures.plane_projections(panels, f"Decoder directions in the key planes: {title}"),
+            f"Every latent's unit decoder direction projected into each key plane ({title}); the circle is norm 1.",
+        ),
+        Figure(
+            f"purity_{name}",
+            figures.purity_heatmap(share[order], freqs, title),
+            f"Share of each latent's squared norm in each key frequency's planes ({title}).",
+        ),
+        Para(
+            f"{title}: {fmt(stats['in_key_fraction'])} of latents have at least half their squared norm in key planes; of those, {fmt(stats['pure_fraction'])} put at least 80% of it in one frequency."
+        ),
+    ]
+
+
+def _purity_table(store: RunStore, res: Any) -> Section:
+    sub = Section(
+        "Cluster structure of latents by frequency, all configurations", "geometry-purity"
+    )
+    rows, missing = [], 0
+    keys = KEYS + (["sparsity_name"] if "sparsity_name" in res else [])
+    for key, g in res.groupby(keys, sort=True):
+        cfg = dict(zip(keys, key, strict=True))
+        planes = store.planes(cfg["hook"], str(cfg["checkpoint"]))
+        decs = (
+            seed_decoders(store, res, cfg, planes.basis_P2D.shape[-1]) if planes is not None else []
+        )
+        missing += len(g) - len(decs)
+        if not decs:
+            continue
+        st = [geometry.purity_stats(geometry.frequency_shares(d, planes)[1]) for _, d in decs]
+        name = cfg.get("sparsity_name", "sparsity")
+        rows.append(
+            [
+                cfg["arch"],
+                cfg["hook"],
+                int(cfg["d_sae"]),
+                f"{name}={fmt_param(cfg['sparsity'])}",
+                len(decs),
+                np.mean([s["in_key_fraction"] for s in st]),
+                np.nanmean([s["pure_fraction"] for s in st])
+                if any(np.isfinite(s["pure_fraction"]) for s in st)
+                else float("nan"),
+            ]
+        )
+    if not rows:
+        return sub.add(Note("No SAE weights and planes could be read, so no cluster statistics."))
+    sub.add(
+        Table(
+            ["arch", "hook", "width", "sparsity", "seeds", "in key planes", "single-frequency"],
+            rows,
+            "Mean over seeds: fraction of latents with >= 50% of their squared norm in key planes; of those, the fraction with >= 80% of it in one frequency.",
+        )
+    )
+    if missing:
+        sub.add(
+            Note(
+                f"{missing} SAE(s) listed in results.parquet had no readable weights or planes and are left out."
+            )
+        )
+    return sub

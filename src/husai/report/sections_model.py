@@ -1,0 +1,165 @@
+"""Sections 1 (the model) and 2 (the activations), from model/*.json and activations/**/.
+
+Each figure is drawn only from its own file; a missing file or key becomes a visible
+note naming it.
+"""
+
+from __future__ import annotations
+
+from husai.report import figures
+from husai.report.render import Figure, Note, Para, Section, Table, fmt
+from husai.report.store import RunStore
+
+
+def model_section(store: RunStore) -> Section:
+    sec = Section("1. The model", "model")
+    m = store.model_metrics
+    if m:
+        keys = ("train_acc", "test_acc", "train_loss", "test_loss", "steps", "grok_step", "wall_s")
+        sec.add(
+            Table(["quantity", "value"], [[k, m[k]] for k in keys if k in m], "model/metrics.json")
+        )
+        if "grok_step" in m:
+            g = m["grok_step"]
+            sec.add(
+                Para(
+                    f"Test accuracy first reached 0.99 at step {g}."
+                    if g is not None
+                    else "Test accuracy never reached 0.99 in the logged steps (grok_step is null)."
+                )
+            )
+    else:
+        sec.add(Note(store.missing.get("model/metrics.json", "model/metrics.json is missing")))
+    sec.subsections += [_curves(store), _fourier(store), _progress(store)]
+    return sec
+
+
+def _curves(store: RunStore) -> Section:
+    sub = Section("Grokking curves", "model-curves")
+    c = store.curves
+    if not c or "step" not in c:
+        return sub.add(
+            Note(store.missing.get("model/curves.json", "model/curves.json has no 'step' list"))
+        )
+    n0 = sum(1 for s in c["step"] if s <= 0)
+    cap = "Train (solid) and test (dashed) loss and accuracy against training step, log axis"
+    cap += f" (the {n0} point(s) at step 0 cannot be drawn on it)." if n0 else "."
+    return sub.add(Figure("model_curves", figures.grokking_curves(c), cap))
+
+
+def _fourier(store: RunStore) -> Section:
+    sub = Section("Key frequencies and the Fourier spectrum of W_E", "model-fourier")
+    f = store.fourier
+    if not f:
+        return sub.add(
+            Note(store.missing.get("model/fourier.json", "model/fourier.json is missing"))
+        )
+    keys = f.get("key_freqs")
+    sub.add(
+        Para(
+            f"Key frequencies: {', '.join(map(str, keys)) if keys else 'none listed in fourier.json'}."
+        )
+    )
+    stats = [[k, f[k]] for k in ("gini_we", "top8_share_we") if k in f]
+    if stats:
+        sub.add(Table(["statistic", "value"], stats, "Sparsity of W_E in the Fourier basis"))
+    if f.get("we_norms"):
+        sub.add(
+            Figure(
+                "model_we_spectrum",
+                figures.fourier_spectrum(f["we_norms"], keys or [], "W_E"),
+                "Norm of W_E per Fourier frequency (key frequencies in red).",
+            )
+        )
+    else:
+        sub.add(Note("fourier.json has no 'we_norms'."))
+    return sub
+
+
+def _progress(store: RunStore) -> Section:
+    sub = Section("Restricted and excluded loss across checkpoints", "model-progress")
+    prog = (store.fourier or {}).get("progress")
+    if not prog or not prog.get("step"):
+        return sub.add(
+            Note("fourier.json has no 'progress' (restricted/excluded loss per checkpoint).")
+        )
+    cap = "Restricted loss (only key frequencies kept) and excluded loss (key frequencies removed) per checkpoint, Nanda et al. 2023 sec. 5.1, log axes."
+    sub.add(Figure("model_progress", figures.progress_losses(prog), cap))
+    absent = [k for k in ("restricted_loss", "excluded_loss") if k not in prog]
+    if absent:
+        sub.add(Note(f"progress lacks {', '.join(absent)}."))
+    return sub
+
+
+def activations_section(store: RunStore) -> Section:
+    sec = Section("2. The activations", "activations")
+    if not store.acts:
+        return sec.add(Note(store.missing.get("activations", "no activation dirs in this run")))
+    rows, panels = [], []
+    for a in store.acts:
+        m = a.meta
+        keys = m.get("key_freqs")
+        rows.append(
+            [
+                m.get("hook", a.path.name),
+                a.checkpoint or "",
+                m.get("d"),
+                m.get("n_inputs"),
+                m.get("effective_rank"),
+                m.get("key_r2_total"),
+                ", ".join(map(str, keys)) if keys else "n/a",
+            ]
+        )
+        planes = store.planes(a.hook, a.checkpoint)
+        if planes is not None and planes.r2_P is not None:
+            labels = [
+                f"{v} k={int(f)}" if v else f"k={int(f)}"
+                for v, f in zip(planes.variables, planes.freq_P.tolist(), strict=True)
+            ]
+            panels.append((f"{a.hook} [{a.checkpoint}]", labels, planes.r2_P, planes.is_key_P))
+    cols = [
+        "hook",
+        "checkpoint",
+        "d",
+        "inputs",
+        "effective rank",
+        "variance in key planes",
+        "key freqs",
+    ]
+    sec.add(
+        Table(
+            cols,
+            rows,
+            "From activations/**/meta.json. Effective rank is the participation ratio of the activation covariance.",
+        )
+    )
+    for a in store.acts:
+        r2v = a.meta.get("r2_by_variable")
+        if isinstance(r2v, dict) and r2v:
+            sec.add(
+                Para(
+                    f"{a.hook}: variance explained by ground-truth planes per variable: "
+                    + ", ".join(f"{k} {fmt(v)}" for k, v in r2v.items())
+                    + "."
+                )
+            )
+    if panels:
+        sec.add(
+            Figure(
+                "activations_planes",
+                figures.plane_r2(panels),
+                "Variance share of each ground-truth plane (from planes.safetensors 'r2').",
+            )
+        )
+    else:
+        sec.add(
+            Note(
+                "no planes.safetensors with 'r2' found, so the per-plane variance figure is omitted."
+            )
+        )
+    missing_meta = sorted(
+        {k for a in store.acts for k in ("effective_rank", "key_r2_total") if k not in a.meta}
+    )
+    if missing_meta:
+        sec.add(Note(f"some meta.json files lack {', '.join(missing_meta)} (shown as n/a)."))
+    return sec

@@ -1,0 +1,199 @@
+"""Sections 3 (stability), 4 (the verdict) and 6 (dynamics), from the parquet tables.
+
+Stability plots come from ``summary.parquet`` (means over seed pairs with bootstrap
+CIs) and, for the random-baseline band, ``pairs.parquet``. The Goldilocks map and the
+Pareto plot use the primary metric, alive-only PW-MCC. Dynamics come from
+``dynamics.parquet``; the crystallisation step of a group is the first snapshot at
+which its excess over baseline reaches 90% of its final excess.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from husai.report import figures, guidelines
+from husai.report.render import Figure, Note, Para, Section, Table, fmt, fmt_param
+from husai.report.store import RunStore
+
+
+def stability_section(store: RunStore, st: float, ev: float) -> Section:
+    sec = Section("3. Stability", "stability")
+    s = store.summary
+    if s is None or s.empty:
+        return sec.add(Note(store.missing.get("summary.parquet", "summary.parquet is empty")))
+    need = {"group_id", "arch", "d_sae", "hook", "sparsity", "metric", "mean", "baseline"}
+    if not need <= set(s.columns):
+        return sec.add(
+            Note(f"summary.parquet lacks column(s) {', '.join(sorted(need - set(s.columns)))}")
+        )
+    s = s.copy()
+    if "checkpoint" not in s:
+        s["checkpoint"] = "final"
+    if "sparsity_name" not in s:
+        s["sparsity_name"] = "sparsity"
+    sec.subsections += [_per_arch(store, s), _goldilocks(s, ev), _pareto(s, st, ev)]
+    return sec
+
+
+def _per_arch(store: RunStore, s: Any) -> Section:
+    sub = Section("Per architecture: stability against sparsity and width", "stability-arch")
+    present = [m for m in figures.STABILITY_METRICS if (s.metric == m).any()]
+    absent = [m for m in figures.STABILITY_METRICS if m not in present]
+    if absent:
+        sub.add(Note(f"summary.parquet has no rows for metric(s) {', '.join(absent)}."))
+    if not present:
+        return sub
+    sub.add(
+        Para(
+            "Points: mean over seed pairs, bars: 95% bootstrap CI; shaded band: range of the per-pair random-dictionary baselines (same widths, same alive counts); dotted: their mean; dash-dot: the same metric between untrained (initial) SAEs."
+        )
+    )
+    data = s[s.metric.isin(present)]
+    for (arch, hook, ckpt), grp in data.groupby(["arch", "hook", "checkpoint"], sort=True):
+        name = f"stability_{arch}_{hook}_{ckpt}".replace(".", "_").replace("/", "_")
+        title = f"{arch} @ {hook} [{ckpt}]"
+        sub.add(
+            Figure(name, figures.stability_grid(grp, store.pairs, title), f"Stability of {title}.")
+        )
+    sub.add(_metric_table(data, present))
+    return sub
+
+
+def _metric_table(data: Any, metrics: list[str]) -> Table:
+    piv = data.pivot_table(index="group_id", columns="metric", values="mean", aggfunc="first")
+    base = data.pivot_table(index="group_id", columns="metric", values="baseline", aggfunc="first")
+    meta = data.drop_duplicates("group_id").set_index("group_id")
+    rows = []
+    for gid, r in meta.sort_values(["hook", "arch", "d_sae", "sparsity"]).iterrows():
+        cells = [f"{fmt(piv.loc[gid, m])} ({fmt(base.loc[gid, m])})" for m in metrics]
+        ev = r.get("explained_variance_mean", float("nan"))
+        rows.append(
+            [
+                guidelines.label(SimpleNamespace(**r.to_dict())),
+                *cells,
+                ev,
+                r.get("l0_mean", float("nan")),
+            ]
+        )
+    cols = ["configuration", *(f"{m} (baseline)" for m in metrics), "EV", "L0"]
+    return Table(
+        cols, rows, "Mean over seed pairs, with the random baseline in brackets (summary.parquet)."
+    )
+
+
+def _goldilocks(s: Any, ev: float) -> Section:
+    sub = Section("The Goldilocks map", "goldilocks")
+    df, why = guidelines.primary_table(s)
+    if df is None:
+        return sub.add(Note(f"No Goldilocks map: {why}."))
+    for (hook, ckpt), grp in df.groupby(["hook", "checkpoint"], sort=True):
+        panels = []
+        for arch, g in grp.groupby("arch", sort=True):
+            widths, sps = sorted(g.d_sae.unique()), sorted(g.sparsity.unique())
+            exc = np.full((len(widths), len(sps)), np.nan)
+            evs = np.full_like(exc, np.nan)
+            for r in g.itertuples():
+                i, j = widths.index(r.d_sae), sps.index(r.sparsity)
+                exc[i, j], evs[i, j] = r.excess, r.explained_variance_mean
+            panels.append((f"{arch} ({g.sparsity_name.iloc[0]})", widths, sps, exc, evs))
+        name = f"goldilocks_{hook}_{ckpt}".replace(".", "_").replace("/", "_")
+        cap = f"{hook} [{ckpt}]: alive-only PW-MCC minus its random baseline per (width, sparsity); each cell also gives explained variance, contours show EV (bold: EV = {fmt(ev)})."
+        sub.add(Figure(name, figures.goldilocks(panels, "alive PW-MCC", ev), cap))
+    return sub
+
+
+def _pareto(s: Any, st: float, ev: float) -> Section:
+    sub = Section("Pareto: stability against explained variance", "pareto")
+    df, why = guidelines.primary_table(s)
+    if df is None:
+        return sub.add(Note(f"No Pareto plot: {why}."))
+    ids = guidelines.pareto_ids(df)
+    cap = f"Each point is one configuration (mean over seeds); ringed: the Pareto frontier; green lines: thresholds PW-MCC {fmt(st)}, EV {fmt(ev)}."
+    return sub.add(Figure("pareto", figures.pareto(df, ids, st, ev), cap))
+
+
+def verdict_section(store: RunStore, st: float, ev: float) -> tuple[Section, Any]:
+    sec = Section("4. The verdict", "verdict")
+    v = guidelines.verdict(store.summary, st, ev)
+    if v is None:
+        _, why = guidelines.primary_table(store.summary)
+        return sec.add(Note(f"No verdict: {why}.")), None
+    return sec.add(*v.blocks), v
+
+
+def dynamics_section(store: RunStore) -> Section:
+    sec = Section("6. Dynamics", "dynamics")
+    d = store.dynamics
+    if d is None or d.empty:
+        why = store.missing.get("dynamics.parquet", "dynamics.parquet has no rows")
+        return sec.add(Note(f"No dynamics snapshots in this run: {why}."))
+    need = {"arch", "d_sae", "hook", "sparsity", "step", "metric", "value"}
+    if not need <= set(d.columns):
+        return sec.add(
+            Note(f"dynamics.parquet lacks column(s) {', '.join(sorted(need - set(d.columns)))}.")
+        )
+    metric = "pw_mcc_alive" if (d.metric == "pw_mcc_alive").any() else str(d.metric.iloc[0])
+    d = d[d.metric == metric]
+    label = figures.METRIC_LABEL.get(metric, metric)
+    sec.add(
+        Para(
+            f"Cross-seed {label} at each decoder snapshot during SAE training; dotted lines are random baselines."
+        )
+    )
+    for hook, grp in d.groupby("hook", sort=True):
+        panels = [(f"{arch} @ {hook}", g) for arch, g in grp.groupby("arch", sort=True)]
+        name = f"dynamics_{hook}".replace(".", "_").replace("/", "_")
+        sec.add(
+            Figure(
+                name, figures.dynamics(panels, label), f"{label} against SAE training step, {hook}."
+            )
+        )
+    if "baseline" in d:
+        sec.add(_crystallisation_table(d))
+    else:
+        sec.add(
+            Note(
+                "dynamics.parquet has no 'baseline' column, so crystallisation steps are not computed."
+            )
+        )
+    return sec
+
+
+def _crystallisation_table(d: Any) -> Table:
+    keys = ["hook", "arch", "d_sae", "sparsity"]
+    rows = []
+    for key, g in d.groupby(keys, sort=True):
+        g = g.groupby("step")[["value", "baseline"]].mean().sort_index()
+        exc = (g.value - g.baseline).to_numpy()
+        final = exc[-1]
+        step = "never above baseline"
+        if final > 0:
+            step = int(g.index[np.argmax(exc >= 0.9 * final)])
+        rows.append(
+            [
+                key[0],
+                key[1],
+                int(key[2]),
+                fmt_param(key[3]),
+                g.value.iloc[-1],
+                final,
+                step,
+                int(g.index[-1]),
+            ]
+        )
+    cols = [
+        "hook",
+        "arch",
+        "width",
+        "sparsity",
+        "final value",
+        "final excess",
+        "step reaching 90% of final excess",
+        "last step",
+    ]
+    return Table(
+        cols, rows, "When features crystallise, per configuration (from dynamics.parquet)."
+    )

@@ -1,0 +1,51 @@
+"""Decoder directions vs Fourier planes: angles, shares and purity on known cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from husai.report import geometry
+from husai.report.store import Planes
+
+
+def _planes(d: int = 10) -> Planes:
+    q_DD, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(d, d)))
+    basis_P2D = q_DD.T[:6].reshape(3, 2, d)  # planes: freq 1 (a), freq 1 (b), freq 2 (a)
+    return Planes(
+        basis_P2D,
+        np.array([1, 1, 2]),
+        np.array([True, True, True]),
+        np.array([0.3, 0.2, 0.1]),
+        ["a", "b", "a"],
+    )
+
+
+def test_plane_coords_recover_angle_and_norm():
+    p = _planes()
+    theta = 1.1
+    v_D = math.cos(theta) * p.basis_P2D[2, 0] + math.sin(theta) * p.basis_P2D[2, 1]
+    xy = geometry.plane_coords(3.0 * v_D[None], p.basis_P2D)[0]  # scale must not matter
+    assert np.isclose(math.atan2(xy[2, 1], xy[2, 0]), theta)
+    assert np.isclose(np.linalg.norm(xy[2]), 1.0)
+    assert np.allclose(xy[:2], 0, atol=1e-12)  # orthogonal to the other planes
+
+
+def test_frequency_shares_and_purity():
+    p = _planes()
+    in_f1 = (p.basis_P2D[0, 0] + p.basis_P2D[1, 1]) / math.sqrt(2)  # spans both freq-1 planes
+    mixed = (p.basis_P2D[0, 0] + p.basis_P2D[2, 0]) / math.sqrt(2)  # half freq 1, half freq 2
+    q_DD, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(10, 10)))
+    outside = q_DD.T[8]  # orthogonal to all planes
+    freqs, share = geometry.frequency_shares(np.stack([in_f1, mixed, outside]), p)
+    assert freqs == [1, 2]
+    assert np.allclose(share, [[1, 0, 0], [0.5, 0.5, 0], [0, 0, 1]], atol=1e-9)
+    stats = geometry.purity_stats(share)
+    assert np.isclose(stats["in_key_fraction"], 2 / 3)
+    assert np.isclose(stats["pure_fraction"], 0.5)  # in_f1 is pure, mixed is not
+
+
+def test_dominant_order_groups_by_frequency():
+    share = np.array([[0.1, 0.9, 0], [0.8, 0.2, 0], [0.95, 0.05, 0], [0.2, 0.6, 0.2]])
+    assert geometry.dominant_order(share).tolist() == [2, 1, 0, 3]

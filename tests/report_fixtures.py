@@ -273,7 +273,8 @@ def _dynamics(groups, stats) -> list[dict]:
             value = st["base"] + (st["mean"] - st["base"]) * frac
             rows.append(
                 {"group_id": _group_id(g), "arch": arch, "d_sae": width, "hook": hook}
-                | {"sparsity": float(sp), "step": step, "metric": metric, "value": value}
+                | {"checkpoint": "final", "sparsity": float(sp), "step": step}
+                | {"metric": metric, "value": value}
                 | {"baseline": st["base"]}
             )
     return rows

@@ -118,13 +118,29 @@ def progress_losses(progress: dict[str, Sequence[float]]) -> bytes:
     return to_png(fig)
 
 
-def plane_r2(panels: list[tuple[str, list[str], np.ndarray, np.ndarray]]) -> bytes:
-    """Per hook, variance share of each plane; panels are (hook, labels, r2, is_key)."""
-    fig, ax = _figure(10, 2.9 * len(panels), len(panels), 1, hspace=0.9, bottom=0.9)
-    for a, (hook, labels, r2, is_key) in zip(ax[:, 0], panels, strict=True):
-        a.bar(range(len(r2)), r2, color=["tab:red" if k else "tab:gray" for k in is_key])
-        a.set_xticks(range(len(r2)), labels, rotation=60, fontsize=7)
-        a.set(ylabel="variance share", title=f"{hook}: variance per plane (red: key)")
+def plane_r2(panels: list[tuple[str, Any]]) -> bytes:
+    """Per hook, variance share per frequency, stacked by plane variable; key freqs in red."""
+    fig, ax = _figure(10, 2.9 * len(panels), len(panels), 1, hspace=0.7)
+    for a, (hook, planes) in zip(ax[:, 0], panels, strict=True):
+        freqs = sorted({int(f) for f in planes.freq_P})
+        variables = list(dict.fromkeys(planes.variables))
+        bottom = np.zeros(len(freqs))
+        for var, color in zip(variables, _colors(len(variables)), strict=True):
+            h = np.zeros(len(freqs))
+            for f, v, r in zip(planes.freq_P, planes.variables, planes.r2_P, strict=True):
+                if v == var:
+                    h[freqs.index(int(f))] += r
+            a.bar(freqs, h, bottom=bottom, color=color, label=var or "plane")
+            bottom += h
+        key = {int(f) for f, k in zip(planes.freq_P, planes.is_key_P, strict=True) if k}
+        step = max(1, len(freqs) // 40)
+        a.set_xticks(freqs[::step], [str(f) for f in freqs[::step]], fontsize=7)
+        for lab in a.get_xticklabels():
+            lab.set_color("tab:red" if int(lab.get_text()) in key else "black")
+        a.set(
+            xlabel="frequency k", ylabel="variance share", title=f"{hook}: variance per frequency"
+        )
+        a.legend(fontsize=7)
     return to_png(fig)
 
 

@@ -90,9 +90,10 @@ def fmt(x: Any, digits: int = 3) -> str:
 def fmt_param(x: Any) -> str:
     """A config value (k, coefficient, width): shortest exact form, e.g. 8, 0.0003."""
     try:
-        return f"{float(x):g}"
+        xf = float(x)
     except (TypeError, ValueError):
         return str(x)
+    return "n/a" if math.isnan(xf) else f"{xf:g}"
 
 
 _CSS = """

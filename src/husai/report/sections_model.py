@@ -112,11 +112,7 @@ def activations_section(store: RunStore) -> Section:
         )
         planes = store.planes(a.hook, a.checkpoint)
         if planes is not None and planes.r2_P is not None:
-            labels = [
-                f"{v} k={int(f)}" if v else f"k={int(f)}"
-                for v, f in zip(planes.variables, planes.freq_P.tolist(), strict=True)
-            ]
-            panels.append((f"{a.hook} [{a.checkpoint}]", labels, planes.r2_P, planes.is_key_P))
+            panels.append((f"{a.hook} [{a.checkpoint}]", planes))
     cols = [
         "hook",
         "checkpoint",
@@ -148,7 +144,7 @@ def activations_section(store: RunStore) -> Section:
             Figure(
                 "activations_planes",
                 figures.plane_r2(panels),
-                "Variance share of each ground-truth plane (from planes.safetensors 'r2').",
+                "Variance share of the ground-truth planes per frequency, stacked by input variable (planes.safetensors 'r2'); key frequencies are labelled in red.",
             )
         )
     else:

@@ -137,20 +137,19 @@ def dynamics_section(store: RunStore) -> Section:
         )
     metric = "pw_mcc_alive" if (d.metric == "pw_mcc_alive").any() else str(d.metric.iloc[0])
     d = d[d.metric == metric]
+    if "checkpoint" not in d:
+        d = d.assign(checkpoint="final")
     label = figures.METRIC_LABEL.get(metric, metric)
     sec.add(
         Para(
             f"Cross-seed {label} at each decoder snapshot during SAE training; dotted lines are random baselines."
         )
     )
-    for hook, grp in d.groupby("hook", sort=True):
-        panels = [(f"{arch} @ {hook}", g) for arch, g in grp.groupby("arch", sort=True)]
-        name = f"dynamics_{hook}".replace(".", "_").replace("/", "_")
-        sec.add(
-            Figure(
-                name, figures.dynamics(panels, label), f"{label} against SAE training step, {hook}."
-            )
-        )
+    for (hook, ckpt), grp in d.groupby(["hook", "checkpoint"], sort=True):
+        panels = [(f"{arch} @ {hook} [{ckpt}]", g) for arch, g in grp.groupby("arch", sort=True)]
+        name = f"dynamics_{hook}_{ckpt}".replace(".", "_").replace("/", "_")
+        cap = f"{label} against SAE training step, {hook} [{ckpt}]."
+        sec.add(Figure(name, figures.dynamics(panels, label), cap))
     if "baseline" in d:
         sec.add(_crystallisation_table(d))
     else:
@@ -163,9 +162,9 @@ def dynamics_section(store: RunStore) -> Section:
 
 
 def _crystallisation_table(d: Any) -> Table:
-    keys = ["hook", "arch", "d_sae", "sparsity"]
+    keys = ["hook", "checkpoint", "arch", "d_sae", "sparsity"]
     rows = []
-    for key, g in d.groupby(keys, sort=True):
+    for (hook, ckpt, arch, width, sp), g in d.groupby(keys, sort=True):
         g = g.groupby("step")[["value", "baseline"]].mean().sort_index()
         exc = (g.value - g.baseline).to_numpy()
         final = exc[-1]
@@ -174,10 +173,11 @@ def _crystallisation_table(d: Any) -> Table:
             step = int(g.index[np.argmax(exc >= 0.9 * final)])
         rows.append(
             [
-                key[0],
-                key[1],
-                int(key[2]),
-                fmt_param(key[3]),
+                hook,
+                ckpt,
+                arch,
+                int(width),
+                fmt_param(sp),
                 g.value.iloc[-1],
                 final,
                 step,
@@ -186,6 +186,7 @@ def _crystallisation_table(d: Any) -> Table:
         )
     cols = [
         "hook",
+        "checkpoint",
         "arch",
         "width",
         "sparsity",

@@ -49,3 +49,15 @@ def test_frequency_shares_and_purity():
 def test_dominant_order_groups_by_frequency():
     share = np.array([[0.1, 0.9, 0], [0.8, 0.2, 0], [0.95, 0.05, 0], [0.2, 0.6, 0.2]])
     assert geometry.dominant_order(share).tolist() == [2, 1, 0, 3]
+
+
+def test_overlapping_planes_split_shares_additively():
+    e = np.eye(3)
+    planes = Planes(
+        np.stack([e[[0, 1]], e[[1, 2]]]), np.array([1, 2]), np.array([True, True]), None, ["a", "b"]
+    )
+    _, share = geometry.frequency_shares(np.stack([e[0], e[1], e[0] + e[1]]), planes)
+    assert np.allclose(share.sum(1), 1.0)
+    assert np.allclose(share[0], [1, 0, 0], atol=1e-9)  # only in frequency 1's plane
+    assert np.allclose(share[1], [0.5, 0.5, 0], atol=1e-9)  # the shared direction splits evenly
+    assert share[2, 0] > share[2, 1]  # mostly frequency 1

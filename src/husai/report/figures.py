@@ -334,7 +334,7 @@ def plane_projections(panels: list[tuple[str, np.ndarray]], title: str) -> bytes
     ncols = min(n, 4)
     nrows = math.ceil(n / ncols)
     fig, ax = _figure(3.0 * ncols, 3.1 * nrows + 0.4, nrows, ncols, top=0.8, left=0.5)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=9)
     t = np.linspace(0, 2 * np.pi, 100)
     for idx, a in enumerate(ax.flat):
         if idx >= n:
@@ -350,11 +350,12 @@ def plane_projections(panels: list[tuple[str, np.ndarray]], title: str) -> bytes
 
 def purity_heatmap(share_LF: np.ndarray, freqs: list[int], title: str) -> bytes:
     """Latents (rows, sorted by dominant frequency) x key frequencies (+ residual column)."""
-    fig, ax = _figure(6, min(2 + 0.06 * share_LF.shape[0], 12))
+    fig, ax = _figure(7, min(2.4 + 0.06 * share_LF.shape[0], 12), left=0.9)
     a = ax[0, 0]
     im = a.imshow(share_LF, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     a.set_xticks(range(len(freqs) + 1), [str(f) for f in freqs] + ["rest"])
-    a.set(xlabel="key frequency", ylabel="latent (sorted by dominant frequency)", title=title)
+    a.set(xlabel="key frequency", ylabel="latent (sorted by dominant frequency)")
+    a.set_title(title, fontsize=8)
     fig.colorbar(im, ax=a, label="share of decoder norm^2")
     return to_png(fig)
 

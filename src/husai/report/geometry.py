@@ -7,9 +7,11 @@ latent's direction:
   orthonormal, so ``|coords|^2`` is the share of the latent inside that plane and the
   angle ``atan2(c1, c0)`` is its orientation there; Nanda et al. 2023 show each
   frequency's features are rotation-ambiguous inside such a plane);
-- ``frequency_shares``: the share of each latent in the span of all planes of one key
-  frequency (an orthonormal basis of the stacked plane bases, from an SVD), plus the
-  rest. The dominant frequency's share over the key total is the latent's purity.
+- ``frequency_shares``: the share of each latent inside the key planes, split between
+  key frequencies additively (see its docstring), plus the rest. The dominant
+  frequency's share over the key total is the latent's purity. (husai.metrics' own
+  frequency purity uses each frequency's span separately; the two agree when the
+  frequencies' planes are orthogonal.)
 """
 
 from __future__ import annotations
@@ -31,31 +33,45 @@ def plane_coords(
     return np.einsum("sd,pkd->spk", unit_rows(dec_SD), basis_P2D)
 
 
-def frequency_spans(planes: Planes) -> dict[int, Float[np.ndarray, "r d"]]:
-    """Orthonormal basis of the span of every key plane of each key frequency (cached)."""
+def _key_decomposition(planes: Planes) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """Stacked key-plane rows B [R, d], their frequencies [R], pinv(B^T) [R, d], joint basis Q."""
     if planes.spans is not None:
         return planes.spans
-    spans = {}
-    for f in sorted({int(x) for x in planes.freq_P[planes.is_key_P].tolist()}):
-        stacked_RD = planes.basis_P2D[(planes.freq_P == f) & planes.is_key_P].reshape(
-            -1, planes.basis_P2D.shape[-1]
-        )
-        _, s_R, vh_RD = np.linalg.svd(stacked_RD.astype(np.float64), full_matrices=False)
-        spans[f] = vh_RD[s_R > 1e-6 * s_R.max()]
-    planes.spans = spans
-    return spans
+    key = planes.is_key_P.astype(bool)
+    b_RD = planes.basis_P2D[key].reshape(-1, planes.basis_P2D.shape[-1]).astype(np.float64)
+    freq_R = np.repeat(planes.freq_P[key], 2)
+    freqs = sorted({int(f) for f in freq_R})
+    if not len(b_RD):
+        out = (freqs, b_RD, freq_R, np.zeros((0, planes.basis_P2D.shape[-1])))
+    else:
+        _, s_R, vh_RD = np.linalg.svd(b_RD, full_matrices=False)
+        q_KD = vh_RD[s_R > 1e-6 * s_R.max()]
+        out = (freqs, b_RD, freq_R, q_KD)
+    planes.spans = out
+    return out
 
 
 def frequency_shares(
     dec_SD: Float[np.ndarray, "S d"], planes: Planes
 ) -> tuple[list[int], Float[np.ndarray, "S F1"]]:
-    """Share of each latent's squared norm per key frequency; last column is the rest."""
-    spans = frequency_spans(planes)
+    """Share of each latent's squared norm per key frequency; the last column is the rest.
+
+    The share inside the joint span of all key planes, ``|Q u|^2``, is split between
+    frequencies by the minimum-norm least-squares decomposition ``u_key = sum_f B_f^T c_f``
+    in proportion to ``|B_f^T c_f|^2``, so a row always sums to 1 even where planes of
+    different frequencies or variables are not orthogonal.
+    """
+    freqs, b_RD, freq_R, q_KD = _key_decomposition(planes)
     u_SD = unit_rows(dec_SD)
-    cols = [((u_SD @ q_RD.T) ** 2).sum(1) for q_RD in spans.values()]
-    share_SF = np.stack(cols, 1) if cols else np.zeros((len(u_SD), 0))
-    rest_S = np.maximum(1 - share_SF.sum(1), 0)
-    return list(spans), np.concatenate([share_SF, rest_S[:, None]], 1)
+    if not freqs:
+        return [], np.ones((len(u_SD), 1))
+    inside_S = ((u_SD @ q_KD.T) ** 2).sum(1)
+    c_SR = np.linalg.lstsq(b_RD.T, u_SD.T, rcond=None)[0].T
+    parts_SF = np.stack(
+        [((c_SR[:, freq_R == f] @ b_RD[freq_R == f]) ** 2).sum(1) for f in freqs], 1
+    )
+    share_SF = parts_SF / np.maximum(parts_SF.sum(1, keepdims=True), 1e-12) * inside_S[:, None]
+    return freqs, np.concatenate([share_SF, np.maximum(1 - inside_S, 0)[:, None]], 1)
 
 
 def purity_stats(

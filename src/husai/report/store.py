@@ -33,7 +33,7 @@ class Planes:
     is_key_P: Bool[np.ndarray, " P"]
     r2_P: Float[np.ndarray, " P"] | None
     variables: list[str]
-    spans: dict[int, np.ndarray] | None = None  # per key frequency, filled by geometry
+    spans: tuple | None = None  # cached key-plane decomposition, filled by geometry
 
 
 @dataclass

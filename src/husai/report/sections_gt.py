@@ -133,17 +133,14 @@ def seed_decoders(store: RunStore, res: Any, cfg: Any, d_in: int) -> list[tuple[
     return out
 
 
-def _key_planes(planes: Planes, per_freq: bool) -> list[int]:
-    idx = [i for i in range(len(planes.freq_P)) if bool(planes.is_key_P[i])]
-    if not per_freq:
-        return idx
-    best: dict[int, int] = {}
-    r2 = planes.r2_P.tolist() if planes.r2_P is not None else [0.0] * len(planes.freq_P)
-    for i in idx:
-        f = int(planes.freq_P[i])
-        if f not in best or r2[i] > r2[best[f]]:
-            best[f] = i
-    return [best[f] for f in sorted(best)]
+def _key_planes(planes: Planes, per_freq: int) -> list[int]:
+    """Indices of the ``per_freq`` key planes with the largest variance share per key frequency."""
+    r2 = planes.r2_P if planes.r2_P is not None else np.zeros(len(planes.freq_P))
+    out = []
+    for f in sorted({int(x) for x in planes.freq_P[planes.is_key_P.astype(bool)]}):
+        idx = [i for i in range(len(r2)) if planes.is_key_P[i] and int(planes.freq_P[i]) == f]
+        out += sorted(idx, key=lambda i: -r2[i])[:per_freq]
+    return out
 
 
 def _plane_label(planes: Planes, i: int) -> str:
@@ -177,7 +174,7 @@ def _config_angles(store: RunStore, res: Any, kind: str, cfg: Any) -> list[Block
     if not decs:
         return [Note(f"{title}: no readable SAE weights for its seeds.")]
     panels, rows = [], []
-    for i in _key_planes(planes, per_freq=True):
+    for i in _key_planes(planes, per_freq=1):
         seeds = []
         for seed, dec in decs:
             xy_S2 = geometry.plane_coords(dec, planes.basis_P2D[i : i + 1])[:, 0]
@@ -219,7 +216,7 @@ def _config_geometry(store: RunStore, res: Any, cfg: Any) -> list[Block]:
     if not decs:
         return [Note(f"{cfg['label']}: no readable SAE weights.")]
     seed, dec = decs[0]
-    idx = _key_planes(planes, per_freq=False)[:16]
+    idx = _key_planes(planes, per_freq=2)[:16]
     coords = geometry.plane_coords(dec, planes.basis_P2D[idx])
     panels = [(_plane_label(planes, i), coords[:, n]) for n, i in enumerate(idx)]
     title = f"{cfg['label']}, {seed}"
@@ -231,7 +228,7 @@ def _config_geometry(store: RunStore, res: Any, cfg: Any) -> list[Block]:
         Figure(
             f"proj_{name}",
             figures.plane_projections(panels, f"Decoder directions in the key planes: {title}"),
-            f"Every latent's unit decoder direction projected into each key plane ({title}); the circle is norm 1.",
+            f"Every latent's unit decoder direction projected into the two key planes with the largest variance share per key frequency ({title}); the circle is norm 1.",
         ),
         Figure(
             f"purity_{name}",

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from husai.errors import UserError
 from husai.io import atomic_save_safetensors, atomic_write_json
-from husai.model.fourier import VARIABLES, FourierPlanes, effective_rank, fit_planes
+from husai.model.fourier import FourierPlanes, effective_rank, fit_planes
 
 log = logging.getLogger(__name__)
 INPUT_ORDER = "row-major (a, b)"
@@ -141,7 +141,7 @@ def _meta(
         "key_r2_total": planes.key_r2_total,
         "r2_total_all_planes": float(planes.r2.sum()),
         "r2_by_variable": planes.r2_by_variable(key_only=True),
-        "variables": list(VARIABLES),
+        "summary": planes_summary(planes),
     }
 
 
@@ -194,3 +194,22 @@ def _expect(
         raise UserError(
             f"{acts_dir}: {name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}"
         )
+
+
+def planes_summary(planes: FourierPlanes) -> dict[str, Any]:
+    """Key-plane R^2 in total, per variable, per key frequency, and without the a-b planes."""
+    key = planes.is_key
+    no_amb = key & torch.tensor([v != "a-b" for v in planes.variable])
+    return {
+        "key_freqs": planes.key_freqs,
+        "key_r2_total": planes.key_r2_total,
+        "key_r2_without_a_minus_b": float(planes.r2[no_amb].sum()),
+        "all_planes_r2_total": float(planes.r2.sum()),
+        "r2_by_variable": planes.r2_by_variable(key_only=True),
+        "r2_by_key_freq": {
+            str(k): float(planes.r2[key & (planes.freq == k)].sum()) for k in planes.key_freqs
+        },
+        "frequency_span_dims": {
+            str(k): int(planes.frequency_basis(k).shape[0]) for k in planes.key_freqs
+        },
+    }

@@ -37,7 +37,7 @@ from husai.model.store import checkpoint_file, config_fingerprint, load_run_conf
 from husai.tasks import ModularDataset, make_dataset
 
 log = logging.getLogger(__name__)
-CURVE_KEYS = ("step", "train_loss", "test_loss", "train_acc", "test_acc")
+CURVE_KEYS = ("step", "train_loss", "test_loss", "train_acc", "test_acc", "wall_s")
 
 
 def checkpoint_steps(steps: int, n_checkpoints: int) -> list[int]:
@@ -52,6 +52,7 @@ def checkpoint_steps(steps: int, n_checkpoints: int) -> list[int]:
 class _State:
     curves: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in CURVE_KEYS})
     held_since: int | None = None
+    t0: float = field(default_factory=time.perf_counter)
     last_good: dict[str, Tensor] | None = None
 
 
@@ -100,11 +101,11 @@ def train_model(cfg: ExperimentConfig, out_parent: Path, *, progress: bool = Tru
     data = make_dataset(cfg.task)
     model = build_model(cfg.task, cfg.model)
     trained = _freeze(model, cfg.train.freeze_biases)
-    t0 = time.perf_counter()
-    state, steps_done = _fit(cfg, model, trained, data, run_dir, progress)
-    wall_s = time.perf_counter() - t0
+    trainer = _Trainer(cfg, model, trained, data, run_dir)
+    steps_done = trainer.run(progress)
+    wall_s = time.perf_counter() - trainer.state.t0
     save_weights(run_dir / "model.safetensors", model, cfg)
-    _write_results(cfg, model, data, run_dir, state, steps_done, wall_s)
+    _write_results(cfg, model, data, run_dir, trainer.state, steps_done, wall_s)
     return run_dir
 
 
@@ -141,44 +142,66 @@ def _loss_acc(logits: Tensor, labels: Tensor) -> tuple[Tensor, float]:
     return loss, (logits.argmax(-1) == labels).float().mean().item()
 
 
-def _fit(
-    cfg: ExperimentConfig,
-    model: HookedTransformer,
-    trained: list[torch.nn.Parameter],
-    data: ModularDataset,
-    run_dir: Path,
-    progress: bool,
-) -> tuple[_State, int]:
-    tc = cfg.train
-    opt = torch.optim.AdamW(trained, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    warm = max(tc.warmup_steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 1.0))
-    ckpts = set(checkpoint_steps(tc.steps, tc.n_checkpoints))
-    state, tracker = _State(), _Tracker(cfg, run_dir)
-    x_tr, y_tr = data.train
-    with _progress_bar(progress, tc.steps) as (bar, task_id):
-        for step in range(tc.steps + 1):
-            logits = _forward(model, x_tr, tc.fast_forward)
-            loss, acc = _loss_acc(logits, y_tr)
-            _check_finite(loss, step, run_dir, model, cfg, state)
-            if step in ckpts:
-                save_weights(checkpoint_file(run_dir, step), model, cfg)
-            if step % tc.log_every == 0 or step == tc.steps:
-                row = _evaluate(model, data, tc.fast_forward, step, loss.item(), acc)
-                _record(state, row, tracker)
-                bar.update(task_id, completed=step, train_acc=acc, test_acc=row["test_acc"])
-                if _should_stop(state, row, cfg):
-                    save_weights(checkpoint_file(run_dir, step), model, cfg)
+class _Trainer:
+    """The loop's parts: a full-batch step, evaluation/logging, checkpoints, divergence."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        model: HookedTransformer,
+        trained: list[torch.nn.Parameter],
+        data: ModularDataset,
+        run_dir: Path,
+    ) -> None:
+        tc = cfg.train
+        self.cfg, self.model, self.data, self.run_dir = cfg, model, data, run_dir
+        self.opt = torch.optim.AdamW(
+            trained, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay
+        )
+        warm = max(tc.warmup_steps, 1)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min((s + 1) / warm, 1.0))
+        self.ckpts = set(checkpoint_steps(tc.steps, tc.n_checkpoints))
+        self.state, self.tracker = _State(), _Tracker(cfg, run_dir)
+
+    def run(self, progress: bool) -> int:
+        """Train until ``train.steps`` or early stop; return the number of steps taken."""
+        tc = self.cfg.train
+        x_tr, y_tr = self.data.train
+        with _progress_bar(progress, tc.steps) as (bar, task_id):
+            for step in range(tc.steps + 1):
+                loss, acc = _loss_acc(_forward(self.model, x_tr, tc.fast_forward), y_tr)
+                _check_finite(loss, step, self.run_dir, self.model, self.cfg, self.state)
+                if step in self.ckpts:
+                    self.checkpoint(step)
+                if step % tc.log_every == 0 or step == tc.steps:
+                    row = self.log(step, loss.item(), acc)
+                    bar.update(task_id, completed=step, train_acc=acc, test_acc=row["test_acc"])
+                    if _should_stop(self.state, row, self.cfg):
+                        self.checkpoint(step)
+                        break
+                if step == tc.steps:
                     break
-            if step == tc.steps:
-                break
-            state.last_good = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    tracker.finish({k: v[-1] for k, v in state.curves.items()})
-    return state, step
+                self.update(loss)
+        self.tracker.finish({k: v[-1] for k, v in self.state.curves.items()})
+        return step
+
+    def update(self, loss: Tensor) -> None:
+        self.state.last_good = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+
+    def log(self, step: int, loss: float, acc: float) -> dict[str, float]:
+        row = _evaluate(self.model, self.data, self.cfg.train.fast_forward, step, loss, acc)
+        row["wall_s"] = round(time.perf_counter() - self.state.t0, 3)
+        for k in CURVE_KEYS:
+            self.state.curves[k].append(row[k])
+        self.tracker.log(row)
+        return row
+
+    def checkpoint(self, step: int) -> None:
+        save_weights(checkpoint_file(self.run_dir, step), self.model, self.cfg)
 
 
 @torch.no_grad()
@@ -194,12 +217,6 @@ def _evaluate(
         "train_acc": acc,
         "test_acc": te_acc,
     }
-
-
-def _record(state: _State, row: dict[str, float], tracker: _Tracker) -> None:
-    for k in CURVE_KEYS:
-        state.curves[k].append(row[k])
-    tracker.log(row)
 
 
 def _should_stop(state: _State, row: dict[str, float], cfg: ExperimentConfig) -> bool:
@@ -244,6 +261,10 @@ def grok_step(curves: dict[str, list[float]], target: float = 0.99) -> int | Non
     )
 
 
+def _wall_at(curves: dict[str, list[float]], step: int | None) -> float | None:
+    return None if step is None else curves["wall_s"][curves["step"].index(step)]
+
+
 def _write_results(
     cfg: ExperimentConfig,
     model: HookedTransformer,
@@ -258,12 +279,13 @@ def _write_results(
     curves = state.curves
     atomic_write_json(run_dir / "curves.json", curves)
     write_fourier_json(run_dir, model, data)
-    metrics = {k: curves[k][-1] for k in CURVE_KEYS if k != "step"}
+    metrics = {k: curves[k][-1] for k in CURVE_KEYS if k not in ("step", "wall_s")}
     metrics.update(
         steps=steps_done,
         wall_s=round(wall_s, 3),
         model_sha256=sha256_file(run_dir / "model.safetensors"),
         grok_step=grok_step(curves),
+        grok_wall_s=_wall_at(curves, grok_step(curves)),
         torch_threads=torch.get_num_threads(),
         torch_version=torch.__version__,
     )

@@ -16,7 +16,6 @@ Stages, each skipped when its outputs exist for the same content:
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,13 @@ from rich.progress import (
 from husai.config import StudyConfig
 from husai.errors import UserError
 from husai.experiments.executors import run_local, run_ray
-from husai.experiments.grid import Unit, estimate_cost, expand_grid, hook_slug
+from husai.experiments.grid import Unit, estimate_cost, expand_grid
 from husai.experiments.provenance import provenance
 from husai.experiments.store import RunStore
 from husai.experiments.tables import build_tables
 from husai.experiments.tracking import log_unit
 from husai.experiments.unit import UnitPayload, UnitResult
-from husai.io import atomic_write_json
+from husai.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -104,42 +103,47 @@ def run_study(
 
 def ensure_model(study: StudyConfig, store: RunStore) -> Path:
     """The model run to use: the committed one if its config matches, else a trained one."""
-    from husai.model import model_matches, train_model
+    from husai.model.store import config_fingerprint, load_run_config
+    from husai.model.train import train_model
 
     cfg = study.model_experiment()
     model_dir = None
     if study.model_dir:
         candidate = _resolve(study.model_dir)
-        if candidate is not None and model_matches(candidate, cfg):
+        if candidate is None:
+            log.warning("model_dir %s not found; training the model", study.model_dir)
+        elif config_fingerprint(load_run_config(candidate)) == config_fingerprint(cfg):
             model_dir = candidate
-        elif candidate is not None:
+        else:
             log.warning(
                 "model_dir %s was trained with another config; training a new model", candidate
             )
     if model_dir is None:
-        model_dir = train_model(cfg, store.root / "model_run")
+        model_dir = train_model(cfg, store.root)
     dest = store.root / "model"
-    dest.mkdir(parents=True, exist_ok=True)
     for name in ("config.yaml", "curves.json", "fourier.json", "metrics.json"):
         if (model_dir / name).is_file():
-            shutil.copyfile(model_dir / name, dest / f".{name}.tmp")
-            (dest / f".{name}.tmp").replace(dest / name)
+            atomic_write_bytes(dest / name, (model_dir / name).read_bytes())
     return model_dir
 
 
 def ensure_activations(
     study: StudyConfig, store: RunStore, model_dir: Path
 ) -> dict[tuple[str, str], Path]:
-    """Activation dirs per (checkpoint, hook), extracted once and reused while the model is unchanged."""
-    from husai.activations import extract_and_save, is_current
+    """Activation dirs per (checkpoint, hook); reused while the model checksum is unchanged."""
+    from husai.activations import extract_to_dirs
 
     out = {}
     for checkpoint in study.grid.checkpoints:
-        for hook in study.grid.hooks:
-            path = store.activations_dir(checkpoint, hook_slug(hook))
-            if not is_current(path, model_dir, checkpoint):
-                extract_and_save(model_dir, hook, path, checkpoint=checkpoint)
-            out[(checkpoint, hook)] = path
+        paths = extract_to_dirs(
+            model_dir,
+            list(study.grid.hooks),
+            store.root / "activations" / checkpoint,
+            checkpoint=checkpoint,
+        )
+        out.update(
+            {(checkpoint, hook): path for hook, path in zip(study.grid.hooks, paths, strict=True)}
+        )
     return out
 
 

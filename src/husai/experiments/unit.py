@@ -16,6 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -194,18 +195,12 @@ def _pair_rows(
                 codes_b=codes[b],
                 alive_a=alive[a],
                 alive_b=alive[b],
+                init_a=_init_view(init_sae, a),
+                init_b=_init_view(init_sae, b),
                 tau=payload.metrics.shared_tau,
                 trials=payload.metrics.baseline_trials,
             )
-            init_vals = stability_pair(
-                init_sae.W_dec[a],
-                init_sae.W_dec[b],
-                enc_a=init_sae.W_enc[a].T,
-                enc_b=init_sae.W_enc[b].T,
-                baselines=False,
-            )
             for name, mv in vals.items():
-                init_mv = init_vals.get(name)
                 rows.append(
                     {
                         "group_id": _group_id(payload.unit_id, sparsity),
@@ -221,9 +216,7 @@ def _pair_rows(
                         "value": float(mv.value),
                         "baseline": float(mv.baseline),
                         "baseline_kind": mv.baseline_kind,
-                        "baseline_init": float(init_mv.value)
-                        if init_mv is not None
-                        else float("nan"),
+                        "baseline_init": float(mv.baseline_init),
                         "excess": float(mv.excess),
                         "ratio": float(mv.ratio),
                         "n_a": int(mv.n_latents[0]),
@@ -232,6 +225,13 @@ def _pair_rows(
                     }
                 )
     return rows
+
+
+def _init_view(init_sae: Any, index: int) -> SimpleNamespace:
+    """Model ``index`` of the untrained group, as the metrics' SAE-like object."""
+    return SimpleNamespace(
+        W_dec=init_sae.W_dec[index].detach(), W_enc=init_sae.W_enc[index].detach()
+    )
 
 
 def _dynamics_rows(

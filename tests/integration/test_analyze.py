@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,15 @@ from husai.metrics import pw_mcc
 from husai.metrics.analyze import analyze_dirs
 
 P, D = 7, 16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Small tensor ops are far faster single-threaded on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +62,7 @@ def _acts_dir(tmp_path: Path) -> Path:
 
 def test_analyze_dirs_stability_only(tmp_path: Path) -> None:
     dirs = _sae_dirs(tmp_path)
-    table = analyze_dirs(dirs, None, tmp_path / "out.json")
+    table = analyze_dirs(dirs, None, tmp_path / "out.json", trials=3)
     data = json.loads((tmp_path / "out.json").read_text())
     stab = data["stability"]
     assert stab["pw_mcc"]["baseline_kind"] == "random_unit" and stab["pw_mcc"]["baseline"] > 0
@@ -64,7 +74,7 @@ def test_analyze_dirs_stability_only(tmp_path: Path) -> None:
 
 def test_analyze_dirs_with_ground_truth(tmp_path: Path) -> None:
     dirs = _sae_dirs(tmp_path)
-    table = analyze_dirs(dirs, _acts_dir(tmp_path), tmp_path / "out.json")
+    table = analyze_dirs(dirs, _acts_dir(tmp_path), tmp_path / "out.json", trials=3)
     data = json.loads((tmp_path / "out.json").read_text())
     assert {"pw_mcc_alive", "activation_mcc"} <= set(data["stability"])
     per_sae = data["ground_truth"]["per_sae"][str(dirs[0])]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -22,6 +23,15 @@ from husai.metrics import (
     random_unit,
     truth_directions,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Small tensor ops are far faster single-threaded on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def _planes(d: int = 32, freqs: tuple[int, ...] = (1, 1, 5, 7), seed: int = 0) -> Planes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -23,6 +24,15 @@ from husai.metrics import (
     stability_set,
     subspace_overlap,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Small tensor ops are far faster single-threaded on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +91,7 @@ def test_random_unit_acceptance_d128_1024() -> None:
         assert mv.dead_included and mv.n_latents == (1024, 1024)
 
 
-@settings(max_examples=8, deadline=None, derandomize=True)
+@settings(max_examples=6, deadline=None, derandomize=True)
 @given(
     n_a=st.integers(8, 40), n_b=st.integers(8, 40), d=st.integers(8, 32), seed=st.integers(0, 99)
 )
@@ -90,7 +100,7 @@ def test_random_inputs_within_three_sigma_of_baseline(
 ) -> None:
     a, b = random_unit(n_a, d, _gen(5000 + seed)), random_unit(n_b, d, _gen(9000 + seed))
     for name, value in (("pw_mcc", pw_mcc(a, b)), ("mmcs", mmcs(a, b))):
-        mean, std = random_unit_baseline(name, n_a, n_b, d, trials=40, seed=1)
+        mean, std = random_unit_baseline(name, n_a, n_b, d, trials=25, seed=1)
         assert abs(value - mean) <= 3 * std + 1e-9, (name, value, mean, std)
 
 

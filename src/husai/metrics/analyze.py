@@ -33,8 +33,18 @@ from husai.metrics.stability import stability_set
 log = logging.getLogger(__name__)
 
 
-def analyze_dirs(sae_dirs: list[Path], ground_truth: Path | None, out_json: Path) -> str:
-    """Analyse SAE directories; write ``out_json``; return the table text."""
+def analyze_dirs(
+    sae_dirs: list[Path],
+    ground_truth: Path | None,
+    out_json: Path,
+    *,
+    trials: int | None = None,
+    seed: int = 0,
+) -> str:
+    """Analyse SAE directories; write ``out_json``; return the table text.
+
+    ``trials``: Monte Carlo draws per random baseline (default: by problem size).
+    """
     sae_dirs = [Path(p) for p in sae_dirs]
     if not sae_dirs:
         raise UserError("analyze: expected at least one SAE directory")
@@ -50,7 +60,9 @@ def analyze_dirs(sae_dirs: list[Path], ground_truth: Path | None, out_json: Path
     result: dict[str, Any] = {"sae_dirs": [str(p) for p in sae_dirs], "ground_truth": None}
     lines: list[str] = []
     if len(saes) >= 2:
-        stab = stability_set(decs, codes=codes, encs=[as_encoder(s) for s in saes])
+        stab = stability_set(
+            decs, codes=codes, encs=[as_encoder(s) for s in saes], trials=trials, seed=seed
+        )
         result["stability"] = {k: v.to_dict() for k, v in stab.items()}
         lines += _table(
             stab, f"stability over {len(saes)} SAEs ({len(saes) * (len(saes) - 1) // 2} pairs)"
@@ -59,7 +71,7 @@ def analyze_dirs(sae_dirs: list[Path], ground_truth: Path | None, out_json: Path
         lines.append("stability: needs at least 2 SAE directories (got 1)")
     if planes is not None:
         reports = {
-            str(p): ground_truth_report(dec, planes, c, modulus)
+            str(p): ground_truth_report(dec, planes, c, modulus, trials=trials or 8, seed=seed)
             for p, dec, c in zip(sae_dirs, decs, codes, strict=True)
         }
         result["ground_truth"] = {

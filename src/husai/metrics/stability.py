@@ -116,7 +116,7 @@ def per_latent_stability(ref: Any, others: list[Any], *, signed: bool = True) ->
 def _init_value(fn: Any, init_a: Any, init_b: Any) -> float | None:
     if init_a is None or init_b is None:
         return None
-    return float(fn(init_a, init_b))
+    return float(fn(as_decoder(init_a), as_decoder(init_b)))
 
 
 def stability_pair(

@@ -61,3 +61,13 @@ def test_overlapping_planes_split_shares_additively():
     assert np.allclose(share[0], [1, 0, 0], atol=1e-9)  # only in frequency 1's plane
     assert np.allclose(share[1], [0.5, 0.5, 0], atol=1e-9)  # the shared direction splits evenly
     assert share[2, 0] > share[2, 1]  # mostly frequency 1
+
+
+def test_rotation_explains_a_rotated_copy_but_not_a_different_tiling():
+    a = np.array([0.1, 1.3, 2.0, 4.0])
+    gap, phi = geometry.rotated_gap(a, a - 0.7)
+    assert geometry.angle_gap(a, a - 0.7) > 0.3
+    assert gap < np.radians(0.15) and abs(phi - 0.7) < np.radians(0.15)
+    other = np.array([0.0, np.pi])  # two latents cannot match four at any rotation
+    assert geometry.rotated_gap(a, other)[0] > 0.2
+    assert np.isnan(geometry.angle_gap(a, np.array([])))

@@ -273,6 +273,37 @@ def pareto(points: Any, frontier_ids: set, st: float, ev: float) -> bytes:
     return to_png(fig)
 
 
+def stability_vs_l0(df: Any) -> bytes:
+    """Primary stability against measured L0 for every architecture (a line per arch and width)."""
+    fig, ax = _figure(9, 4.2)
+    a = ax[0, 0]
+    keys = list(df.groupby(["arch", "d_sae"]).groups)
+    for color, (arch, width) in zip(_colors(len(keys)), keys, strict=True):
+        g = df[(df.arch == arch) & (df.d_sae == width)].sort_values("l0_mean")
+        err = np.nan_to_num(np.vstack([g["mean"] - g.ci_lo, g.ci_hi - g["mean"]]).clip(min=0))
+        a.errorbar(
+            g.l0_mean,
+            g["mean"],
+            yerr=err,
+            marker="o",
+            ms=3,
+            capsize=2,
+            color=color,
+            label=f"{arch} w={int(width)}",
+        )
+        a.scatter(g.l0_mean, g.baseline, marker="x", color=color, s=20)
+    if (df.l0_mean > 0).all():
+        from matplotlib.ticker import FuncFormatter
+
+        a.set_xscale("log")
+        a.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        a.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    a.set(xlabel="mean L0 (active latents per input)", ylabel="alive-only PW-MCC")
+    a.grid(alpha=0.3)
+    a.legend(fontsize=7)
+    return to_png(fig)
+
+
 def per_config_bars(df: Any, cols: list[tuple[str, str]], title: str) -> bytes:
     """Grouped bars per configuration label: cols are (value column, baseline column)."""
     fig, ax = _figure(10, 0.5 + 0.22 * len(df) * len(cols) + 1.2, left=3.6)

@@ -97,3 +97,45 @@ def dominant_order(share_SF1: Float[np.ndarray, "S F1"]) -> np.ndarray:
     """Row order grouping latents by dominant column, strongest first within a group."""
     dom_S = share_SF1.argmax(1)
     return np.lexsort((-share_SF1.max(1), dom_S))
+
+
+def _gaps(d_GAB: np.ndarray) -> np.ndarray:
+    """Symmetrised mean nearest-neighbour distance for each slice of wrapped differences."""
+    d_GAB = np.abs((d_GAB + np.pi) % (2 * np.pi) - np.pi)
+    return 0.5 * (d_GAB.min(2).mean(1) + d_GAB.min(1).mean(1))
+
+
+def angle_gap(a_rad: np.ndarray, b_rad: np.ndarray) -> float:
+    """Symmetrised mean nearest-neighbour angular distance (radians) between two angle sets."""
+    if not len(a_rad) or not len(b_rad):
+        return float("nan")
+    return float(_gaps((a_rad[:, None] - b_rad[None, :])[None])[0])
+
+
+def rotated_gap(a_rad: np.ndarray, b_rad: np.ndarray) -> tuple[float, float]:
+    """The smallest ``angle_gap`` over a common rotation of ``b``, and that rotation.
+
+    Grid search, coarse (5 degrees) then fine (0.25 degrees) around the three best
+    coarse angles. If two seeds' latents tile a plane identically up to rotation (the
+    ambiguity of a Fourier plane), the gap drops to ~0 after rotating; if they differ
+    in number or spacing, it stays large.
+    """
+    if not len(a_rad) or not len(b_rad):
+        return float("nan"), float("nan")
+    d_AB = a_rad[:, None] - b_rad[None, :]
+    coarse_G = np.linspace(0, 2 * np.pi, 72, endpoint=False)
+    gaps_G = _rotated(d_AB, coarse_G)
+    step = coarse_G[1]
+    fine = [c + np.linspace(-step, step, 41) for c in coarse_G[np.argsort(gaps_G)[:3]]]
+    fine_G = np.concatenate(fine)
+    gaps_F = _rotated(d_AB, fine_G)
+    i = int(np.argmin(gaps_F))
+    return float(gaps_F[i]), float(fine_G[i] % (2 * np.pi))
+
+
+def _rotated(d_AB: np.ndarray, phis_G: np.ndarray) -> np.ndarray:
+    chunk = max(1, 2_000_000 // d_AB.size)
+    parts = [
+        _gaps(d_AB[None] - phis_G[i : i + chunk, None, None]) for i in range(0, len(phis_G), chunk)
+    ]
+    return np.concatenate(parts)

@@ -182,14 +182,38 @@ def _config_angles(store: RunStore, res: Any, kind: str, cfg: Any) -> list[Block
             keep = norm_S >= IN_PLANE
             seeds.append((seed, np.arctan2(xy_S2[keep, 1], xy_S2[keep, 0]), norm_S[keep]))
         panels.append((_plane_label(planes, i), seeds))
-        rows.append([_plane_label(planes, i), *(len(a) for _, a, _ in seeds)])
+        gap, rot = _pair_gaps([a for _, a, _ in seeds])
+        rows.append([_plane_label(planes, i), *(len(a) for _, a, _ in seeds), gap, rot])
     if not panels:
         return [Note(f"{title}: the planes file marks no key planes.")]
     name = f"angles_{kind}_{cfg['group_id']}".replace(" ", "_").replace("/", "_").replace(".", "_")
-    table = Table(
-        ["plane", *(s for s, _ in decs)], rows, f"Latents in each plane per seed, {title}"
-    )
-    return [Figure(name, figures.plane_angles(panels, title), title), table]
+    cols = ["plane", *(s for s, _ in decs), "angle gap (deg)", "after best rotation (deg)"]
+    cap = f"Latents in each plane per seed, and the mean nearest-angle gap between seeds' latents over seed pairs, as drawn and after the best common rotation of each pair: {title}"
+    gaps = np.array([r[-2:] for r in rows], dtype=float)
+    blocks: list[Block] = [
+        Figure(name, figures.plane_angles(panels, title), title),
+        Table(cols, rows, cap),
+    ]
+    if np.isfinite(gaps).all(axis=1).any():
+        g0, g1 = np.nanmean(gaps[:, 0]), np.nanmean(gaps[:, 1])
+        blocks.append(
+            Para(
+                f"{title}: averaged over planes, seeds' latents sit {fmt(g0, 1)} degrees from their nearest counterpart, {fmt(g1, 1)} degrees after rotating each seed pair by its best common angle."
+            )
+        )
+    return blocks
+
+
+def _pair_gaps(angle_sets: list[np.ndarray]) -> tuple[float, float]:
+    """Mean over seed pairs of the angle gap and the rotated gap, in degrees (NaN if none)."""
+    pairs = [
+        (a, b) for i, a in enumerate(angle_sets) for b in angle_sets[i + 1 :] if len(a) and len(b)
+    ]
+    if not pairs:
+        return float("nan"), float("nan")
+    raw = np.mean([geometry.angle_gap(a, b) for a, b in pairs])
+    rot = np.mean([geometry.rotated_gap(a, b)[0] for a, b in pairs])
+    return float(np.degrees(raw)), float(np.degrees(rot))
 
 
 def geometry_section(store: RunStore) -> Section:

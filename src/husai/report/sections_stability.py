@@ -34,7 +34,7 @@ def stability_section(store: RunStore, st: float, ev: float) -> Section:
         s["checkpoint"] = "final"
     if "sparsity_name" not in s:
         s["sparsity_name"] = "sparsity"
-    sec.subsections += [_per_arch(store, s), _goldilocks(s, ev), _pareto(s, st, ev)]
+    sec.subsections += [_per_arch(store, s), _by_l0(s), _goldilocks(s, ev), _pareto(s, st, ev)]
     return sec
 
 
@@ -58,30 +58,38 @@ def _per_arch(store: RunStore, s: Any) -> Section:
         sub.add(
             Figure(name, figures.stability_grid(grp, store.pairs, title), f"Stability of {title}.")
         )
-    sub.add(_metric_table(data, present))
+    extra = [m for m in EXTRA_METRICS if (s.metric == m).any()]
+    sub.add(_metric_table(s[s.metric.isin(present + extra)], present + extra))
     return sub
 
 
+EXTRA_METRICS = ("mmcs", "subspace_overlap")
+
+
 def _metric_table(data: Any, metrics: list[str]) -> Table:
-    piv = data.pivot_table(index="group_id", columns="metric", values="mean", aggfunc="first")
-    base = data.pivot_table(index="group_id", columns="metric", values="baseline", aggfunc="first")
+    mean = data.set_index(["group_id", "metric"])["mean"].to_dict()
+    base = data.set_index(["group_id", "metric"])["baseline"].to_dict()
     meta = data.drop_duplicates("group_id").set_index("group_id")
     rows = []
     for gid, r in meta.sort_values(["hook", "arch", "d_sae", "sparsity"]).iterrows():
-        cells = [f"{fmt(piv.loc[gid, m])} ({fmt(base.loc[gid, m])})" for m in metrics]
-        ev = r.get("explained_variance_mean", float("nan"))
-        rows.append(
-            [
-                guidelines.label(SimpleNamespace(**r.to_dict())),
-                *cells,
-                ev,
-                r.get("l0_mean", float("nan")),
-            ]
-        )
+        cells = [f"{fmt(mean.get((gid, m)))} ({fmt(base.get((gid, m)))})" for m in metrics]
+        ev, l0 = r.get("explained_variance_mean"), r.get("l0_mean")
+        rows.append([guidelines.label(SimpleNamespace(**r.to_dict())), *cells, ev, l0])
     cols = ["configuration", *(f"{m} (baseline)" for m in metrics), "EV", "L0"]
-    return Table(
-        cols, rows, "Mean over seed pairs, with the random baseline in brackets (summary.parquet)."
-    )
+    cap = "Mean over seed pairs, with the random baseline in brackets (summary.parquet)."
+    return Table(cols, rows, cap)
+
+
+def _by_l0(s: Any) -> Section:
+    sub = Section("All architectures against measured L0", "stability-l0")
+    df, why = guidelines.primary_table(s)
+    if df is None or df.l0_mean.isna().all():
+        return sub.add(Note(f"No L0 comparison: {why or 'summary.parquet has no l0_mean'}."))
+    for (hook, ckpt), g in df.groupby(["hook", "checkpoint"], sort=True):
+        name = f"l0_{hook}_{ckpt}".replace(".", "_").replace("/", "_")
+        cap = f"Alive-only PW-MCC against the measured mean L0, every architecture, {hook} [{ckpt}]; bars: 95% CI, crosses: random baselines."
+        sub.add(Figure(name, figures.stability_vs_l0(g), cap))
+    return sub
 
 
 def _goldilocks(s: Any, ev: float) -> Section:

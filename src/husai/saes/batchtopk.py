@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from husai.saes.base import Architecture, BatchedSAE, TrainOut, mse_per_model
-from husai.saes.topk import rank_mask
+from husai.saes.topk import auxk_select
 
 EMA_RATE = 0.01
 
@@ -47,14 +47,8 @@ def dense_auxk(
     arch: Architecture, sae: BatchedSAE, pre_NBS: Tensor, resid_NBD: Tensor, dead_NS: Tensor
 ) -> Tensor:
     """AuxK loss (Gao et al. 2024, App. A.2) with dense codes, as in :mod:`husai.saes.topk`."""
-    k_aux = max(sae.d_in // 2, 1)
-    n_dead_N = dead_NS.sum(-1)
-    kaux_N = n_dead_N.clamp(max=k_aux)
-    scale_N = (n_dead_N.float() / k_aux).clamp(max=1.0)
-    with torch.no_grad():
-        masked = pre_NBS.detach().masked_fill(~dead_NS[:, None, :], float("-inf"))
-        idx_NBK = masked.topk(int(kaux_N.max()), dim=-1, sorted=True).indices
-    vals_NBK = torch.relu(pre_NBS.gather(-1, idx_NBK)) * rank_mask(kaux_N, idx_NBK.shape[-1])
+    idx_NBK, keep_N1K, scale_N = auxk_select(pre_NBS, dead_NS, sae.d_in)
+    vals_NBK = torch.relu(pre_NBS.gather(-1, idx_NBK)) * keep_N1K
     codes_NBS = torch.zeros_like(pre_NBS).scatter(-1, idx_NBK, vals_NBK)
     e_hat_NBD = torch.bmm(codes_NBS, sae.W_dec)
     return arch.hp("aux_coefficient") * scale_N * mse_per_model(e_hat_NBD, resid_NBD.detach())

@@ -64,3 +64,20 @@ def evaluate(
     if single:
         out = {k: (v[0] if k != "alive_mask" else v[0].clone()) for k, v in out.items()}
     return out
+
+
+def spliced_loss(
+    model: Any, tokens: Tensor, labels: Tensor, hook: str, sae: Any, position: int = -1
+) -> dict[str, Any]:
+    """The model's loss with ``sae``'s reconstruction spliced in at ``hook`` (loss recovered).
+
+    Thin wrapper over :func:`husai.model.splice.loss_with_replacement` (imported lazily,
+    it needs transformer_lens); ``sae`` is a LoadedSAE or a one-model BatchedSAE.
+    """
+    from husai.model.splice import loss_with_replacement
+
+    def replace(x_BD: Tensor) -> Tensor:
+        recon = sae.decode(sae.encode(x_BD.float()))
+        return (recon[0] if recon.dim() == 3 else recon).to(x_BD.dtype)
+
+    return loss_with_replacement(model, tokens, labels, hook, replace, position)

@@ -36,7 +36,7 @@ class LatentSorter:
         """(order into the flat pairs, sample row of each sorted pair, bag offsets [S])."""
         if n not in self._cache:
             flat_M = self.idx_NBK[n].reshape(-1)
-            order_M = torch.argsort(flat_M, stable=True)
+            order_M = torch.argsort(flat_M.int(), stable=True)  # int32: ~20x faster than int64
             rows_M = torch.div(order_M, self.idx_NBK.shape[-1], rounding_mode="floor")
             counts_S = torch.bincount(flat_M, minlength=self.d_sae)
             offsets_S = torch.cumsum(counts_S, 0) - counts_S

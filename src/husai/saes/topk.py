@@ -68,16 +68,24 @@ class TopKArch(Architecture):
     def _auxk(
         self, sae: BatchedSAE, x_in_NBD: Tensor, pre_NBS: Tensor, resid_NBD: Tensor, dead_NS: Tensor
     ) -> Tensor:
-        k_aux = max(sae.d_in // 2, 1)
-        n_dead_N = dead_NS.sum(-1)
-        kaux_N = n_dead_N.clamp(max=k_aux)
-        scale_N = (n_dead_N.float() / k_aux).clamp(max=1.0)
-        with torch.no_grad():
-            masked_NBS = pre_NBS.masked_fill(~dead_NS[:, None, :], float("-inf"))
-            idx_NBK = masked_NBS.topk(int(kaux_N.max()), dim=-1, sorted=True).indices
+        idx_NBK, keep_N1K, scale_N = auxk_select(pre_NBS, dead_NS, sae.d_in)
         sorter = LatentSorter(idx_NBK, sae.d_sae)
         vals_NBK = SparseEncode.apply(x_in_NBD, sae.W_enc, sae.b_enc, pre_NBS, idx_NBK, sorter)
-        codes_NBK = torch.relu(vals_NBK) * rank_mask(kaux_N, idx_NBK.shape[-1])
+        codes_NBK = torch.relu(vals_NBK) * keep_N1K
         e_hat_NBD = SparseDecode.apply(codes_NBK, idx_NBK, sae.W_dec, sorter)
         aux_N = mse_per_model(e_hat_NBD, resid_NBD.detach())
         return self.hp("aux_coefficient") * scale_N * aux_N
+
+
+@torch.no_grad()
+def auxk_select(pre_NBS: Tensor, dead_NS: Tensor, d_in: int) -> tuple[Tensor, Tensor, Tensor]:
+    """AuxK latents (Gao et al. 2024, App. A.2): indices of the top k_aux dead pre-activations
+    (sorted, width max k_aux), the rank mask keeping each model's own k_aux, and the scale
+    min(n_dead / k_aux, 1), with k_aux = min(d_in / 2, n_dead)."""
+    k_aux = max(d_in // 2, 1)
+    n_dead_N = dead_NS.sum(-1)
+    kaux_N = n_dead_N.clamp(max=k_aux)
+    masked = pre_NBS.detach().masked_fill(~dead_NS[:, None, :], float("-inf"))
+    idx_NBK = masked.topk(int(kaux_N.max()), dim=-1, sorted=True).indices
+    scale_N = (n_dead_N.float() / k_aux).clamp(max=1.0)
+    return idx_NBK, rank_mask(kaux_N, idx_NBK.shape[-1]), scale_N

@@ -1,0 +1,172 @@
+"""SAE training speed: HUSAI's batched trainer vs SAELens' SAETrainer, same activations.
+
+Both train the same configurations on the same in-memory activations (default:
+d_in 128, d_sae 1024, batch 4096, 8 seeds; TopK k=32 and ReLU-L1). SAELens trains one
+SAE per ``SAETrainer`` (its ``MultiSAETrainer`` loops over SAEs one after another, so
+this is its batched cost too); HUSAI trains all seeds in one group. Rounds alternate
+between the two to share the noise of a busy machine; the median step time of each
+is reported as SAE-steps per second, with the ratio HUSAI / SAELens.
+
+Neither run has dead latents in these short timings (dead windows are longer than the
+run), so the AuxK loss is off on both sides.
+
+    python benchmarks/sae_training.py            # full sizes
+    python benchmarks/sae_training.py --quick    # seconds-long smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+
+import torch
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def _acts(n_rows: int, d_in: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.randn(4 * d_in, d_in, generator=gen)
+    coef = torch.rand(n_rows, 4 * d_in, generator=gen) * (
+        torch.rand(n_rows, 4 * d_in, generator=gen) < 0.05
+    )
+    return coef @ basis + 0.1 * torch.randn(n_rows, d_in, generator=gen)
+
+
+def _saelens_trainer(kind: str, args, seed: int, acts: torch.Tensor):
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(seed)
+    if kind == "topk":
+        sae = TopKTrainingSAE(
+            TopKTrainingSAEConfig(
+                d_in=args.d_in, d_sae=args.d_sae, k=args.k, aux_loss_coefficient=1 / 32
+            )
+        )
+    else:
+        sae = StandardTrainingSAE(
+            StandardTrainingSAEConfig(d_in=args.d_in, d_sae=args.d_sae, l1_coefficient=args.l1)
+        )
+    total = 10**9
+    cfg = SAETrainerConfig(
+        total_training_samples=total,
+        train_batch_size_samples=args.batch,
+        lr=1e-3,
+        lr_end=1e-3,
+        device="cpu",
+        dead_feature_window=10**6,
+        feature_sampling_window=10**6,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    gen = torch.Generator().manual_seed(seed)
+
+    def batches():
+        while True:
+            yield acts[torch.randint(0, acts.shape[0], (args.batch,), generator=gen)]
+
+    return SAETrainer(cfg=cfg, sae=sae, data_provider=batches())
+
+
+def _time_saelens(kind: str, args, acts: torch.Tensor) -> list[float]:
+    """Seconds per SAE-step, one value per seed (each after one warm-up step)."""
+    out = []
+    for seed in range(args.seeds):
+        trainer = _saelens_trainer(kind, args, seed, acts)
+        trainer.step(next(trainer.data_provider))
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.step(next(trainer.data_provider))
+            trainer.n_training_steps += 1
+        out.append((time.perf_counter() - t0) / args.steps)
+    return out
+
+
+def _time_husai(kind: str, args, acts: torch.Tensor) -> float:
+    """Seconds per SAE-step for one group of ``seeds`` models (after one warm-up step)."""
+    from husai.config import ReluSAEConfig, SAETrainConfig, TopKSAEConfig
+    from husai.saes.trainer import _GroupTrainer
+
+    cfg = (
+        TopKSAEConfig(d_sae=args.d_sae, k=args.k)
+        if kind == "topk"
+        else ReluSAEConfig(d_sae=args.d_sae, l1_coefficient=args.l1)
+    )
+    train_cfg = SAETrainConfig(
+        init_seeds=list(range(args.seeds)),
+        batch_size=args.batch,
+        steps=10**6,
+        lr=1e-3,
+        warmup_steps=0,
+        dead_window=10**9,
+        n_snapshots=0,
+        plateau_tol=0.0,
+    )
+    trainer = _GroupTrainer(acts, [cfg], train_cfg, None)
+    trainer.train_step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        trainer.train_step()
+        trainer.step += 1
+    return (time.perf_counter() - t0) / args.steps / args.seeds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
+    p.add_argument("--kinds", default="topk,relu")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+    sizes = (
+        dict(d_in=16, d_sae=64, batch=256, seeds=2, steps=2, k=4)
+        if args.quick
+        else dict(d_in=128, d_sae=1024, batch=4096, seeds=8, steps=3, k=32)
+    )
+    for k, v in sizes.items():
+        setattr(args, k, v)
+    args.l1 = 5.0
+    torch.set_num_threads(args.threads)
+    acts = _acts(16 * args.batch if not args.quick else 2048, args.d_in)
+    results = {}
+    for kind in args.kinds.split(","):
+        lens, ours = [], []
+        for _ in range(args.rounds):
+            lens += _time_saelens(kind, args, acts)
+            ours.append(_time_husai(kind, args, acts))
+        s_lens, s_ours = statistics.median(lens), statistics.median(ours)
+        results[kind] = {
+            "saelens_sae_steps_per_s": 1 / s_lens,
+            "husai_sae_steps_per_s": 1 / s_ours,
+            "ratio": s_lens / s_ours,
+            "saelens_ms_per_sae_step": 1000 * s_lens,
+            "husai_ms_per_sae_step": 1000 * s_ours,
+        }
+        r = results[kind]
+        print(
+            f"{kind:5s} SAELens {r['saelens_sae_steps_per_s']:8.2f} SAE-steps/s "
+            f"({r['saelens_ms_per_sae_step']:.1f} ms)  HUSAI {r['husai_sae_steps_per_s']:8.2f} "
+            f"SAE-steps/s ({r['husai_ms_per_sae_step']:.1f} ms)  ratio {r['ratio']:.2f}x"
+        )
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{args.threads} torch threads, torch {torch.__version__}",
+        "sizes": sizes,
+    }
+    print(json.dumps(meta))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -149,20 +149,30 @@ def stability_grid(summary: Any, pairs: Any, title: str) -> bytes:
 
     ``summary`` rows of one (arch, hook, checkpoint); error bars are [ci_lo, ci_hi];
     the shaded band spans the per-pair random baselines of each point (or the
-    group's baseline when no pairs table), the dotted line is the untrained-init one.
+    group's baseline when no pairs table), the dotted line is their mean and the
+    dash-dot line the untrained-init value. A column whose x has one value is dropped.
     """
     metrics = [m for m in STABILITY_METRICS if (summary.metric == m).any()]
-    fig, ax = _figure(10, 2.5 * len(metrics) + 0.4, len(metrics), 2, top=0.8)
+    xs = [
+        (x, by)
+        for x, by in (("sparsity", "d_sae"), ("d_sae", "sparsity"))
+        if summary[x].nunique() > 1
+    ]
+    xs = xs or [("sparsity", "d_sae")]
+    fig, ax = _figure(
+        max(7.0, 5.0 * len(xs)), 2.5 * len(metrics) + 0.4, len(metrics), len(xs), top=0.8
+    )
     fig.suptitle(title)
+    sname = str(summary.sparsity_name.iloc[0])
     for row, metric in zip(ax, metrics, strict=True):
         sub = summary[summary.metric == metric]
         band = _baseline_band(sub, pairs, metric)
-        _lines(row[0], sub, band, x="sparsity", by="d_sae", by_label="width")
-        _lines(row[1], sub, band, x="d_sae", by="sparsity", by_label=str(sub.sparsity_name.iloc[0]))
-        row[0].set(ylabel=METRIC_LABEL[metric], xlabel=str(sub.sparsity_name.iloc[0]))
-        row[1].set(xlabel="width d_sae")
-    ax[0, 0].legend(fontsize=7)
-    ax[0, 1].legend(fontsize=7)
+        for a, (x, by) in zip(row, xs, strict=True):
+            _lines(a, sub, band, x=x, by=by, by_label="width" if by == "d_sae" else sname)
+            a.set(xlabel=sname if x == "sparsity" else "width d_sae")
+        row[0].set(ylabel=METRIC_LABEL[metric])
+    for a in ax[0]:
+        a.legend(fontsize=7)
     return to_png(fig)
 
 

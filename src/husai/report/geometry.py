@@ -33,8 +33,8 @@ def plane_coords(
     return np.einsum("sd,pkd->spk", unit_rows(dec_SD), basis_P2D)
 
 
-def _key_decomposition(planes: Planes) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
-    """Stacked key-plane rows B [R, d], their frequencies [R], pinv(B^T) [R, d], joint basis Q."""
+def _key_decomposition(planes: Planes) -> tuple:
+    """Stacked key-plane rows B [R, d], their frequencies [R], joint basis Q, pinv(B^T) [R, d]."""
     if planes.spans is not None:
         return planes.spans
     key = planes.is_key_P.astype(bool)
@@ -42,11 +42,11 @@ def _key_decomposition(planes: Planes) -> tuple[list[int], np.ndarray, np.ndarra
     freq_R = np.repeat(planes.freq_P[key], 2)
     freqs = sorted({int(f) for f in freq_R})
     if not len(b_RD):
-        out = (freqs, b_RD, freq_R, np.zeros((0, planes.basis_P2D.shape[-1])))
+        out = (freqs, b_RD, freq_R, b_RD, b_RD)
     else:
         _, s_R, vh_RD = np.linalg.svd(b_RD, full_matrices=False)
         q_KD = vh_RD[s_R > 1e-6 * s_R.max()]
-        out = (freqs, b_RD, freq_R, q_KD)
+        out = (freqs, b_RD, freq_R, q_KD, np.linalg.pinv(b_RD.T))
     planes.spans = out
     return out
 
@@ -61,12 +61,12 @@ def frequency_shares(
     in proportion to ``|B_f^T c_f|^2``, so a row always sums to 1 even where planes of
     different frequencies or variables are not orthogonal.
     """
-    freqs, b_RD, freq_R, q_KD = _key_decomposition(planes)
+    freqs, b_RD, freq_R, q_KD, pinv_RD = _key_decomposition(planes)
     u_SD = unit_rows(dec_SD)
     if not freqs:
         return [], np.ones((len(u_SD), 1))
     inside_S = ((u_SD @ q_KD.T) ** 2).sum(1)
-    c_SR = np.linalg.lstsq(b_RD.T, u_SD.T, rcond=None)[0].T
+    c_SR = u_SD @ pinv_RD.T  # minimum-norm least squares: B^T c = u
     parts_SF = np.stack(
         [((c_SR[:, freq_R == f] @ b_RD[freq_R == f]) ** 2).sum(1) for f in freqs], 1
     )

@@ -176,3 +176,10 @@ def test_every_number_in_the_recommendation_comes_from_the_table():
     }
     for num in re.findall(r"\d+\.\d{3}", rec):
         assert num in allowed, num
+
+
+def test_without_confidence_intervals_the_text_says_so():
+    df = _stable_topk().assign(ci_lo=float("nan"), ci_hi=float("nan"))
+    text = _text(g.guidelines(df, None, {}, 0.7, 0.9))
+    assert "Recommended: topk" in text and "no CI" in text
+    assert "CI [" not in text.split("Recommended")[1].split("\n")[0]

@@ -103,4 +103,7 @@ def _provenance(store: RunStore) -> Section:
             )
     if store.study_yaml is not None:
         sub.add(Code(store.study_yaml, "study.yaml"))
+    model_cfg = store.root / "model" / "config.yaml"
+    if model_cfg.is_file():
+        sub.add(Code(model_cfg.read_text(), "model/config.yaml (the transformer's resolved config)"))
     return sub

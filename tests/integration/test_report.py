@@ -110,6 +110,7 @@ def test_guidelines_follow_the_data(stable, nothing):
     assert good != bad
     assert "Recommended: topk" in good and "Recommended" not in bad
     assert "Nothing beats its random baseline" in bad
+    assert "not grokked" not in good  # the fixture's model has test_acc 1.0
     s = pd.read_parquet(stable / "summary.parquet")
     top = s[(s.metric == "pw_mcc_alive") & (s.arch == "topk")]["mean"].max()
     assert f"{top:.3f}" in good

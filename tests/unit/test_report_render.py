@@ -59,5 +59,5 @@ def test_markdown_has_same_text_and_relative_figures():
     assert "## 1. Title <x>" in md
     assert "| p\\|q | 0.123 |" in md
     assert "![a figure](report_files/fig1.png)" in md
-    assert "> **Not shown:** nothing here" in md
+    assert "> **Note:** nothing here" in md
     assert "```\nkey: value\n```" in md

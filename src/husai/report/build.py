@@ -30,7 +30,7 @@ from husai.report.render import (
 )
 from husai.report.sections_gt import geometry_section, ground_truth_section
 from husai.report.sections_misc import failures_section
-from husai.report.sections_model import activations_section, model_section
+from husai.report.sections_model import activations_section, model_section, not_grokked
 from husai.report.sections_stability import dynamics_section, stability_section, verdict_section
 from husai.report.store import RunStore
 
@@ -100,6 +100,9 @@ def guidelines_section(store: RunStore, st: float, ev: float) -> Section:
         rank = a.meta.get("effective_rank")
         if isinstance(rank, (int, float)) and (a.hook not in ranks or a.checkpoint == "final"):
             ranks[a.hook] = float(rank)
+    warning = not_grokked(store.model_metrics)
+    if warning:
+        sec.add(Note(warning))
     return sec.add(*guidelines.guidelines(store.summary, store.results, ranks, st, ev))
 
 

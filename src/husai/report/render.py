@@ -23,7 +23,7 @@ class Para:
 
 @dataclass
 class Note:
-    """Something the section cannot show, and why (rendered visibly, never hidden)."""
+    """A visible caveat: what a section cannot show and why, or a warning about the data."""
 
     text: str
 
@@ -187,7 +187,7 @@ def _md_block(b: Block, figure_dir: str) -> str:
     if isinstance(b, Para):
         return b.text + "\n"
     if isinstance(b, Note):
-        return f"> **Not shown:** {b.text}\n"
+        return f"> **Note:** {b.text}\n"
     if isinstance(b, Bullets):
         return "\n".join(f"- {i}" for i in b.items) + "\n"
     if isinstance(b, Table):

@@ -105,5 +105,7 @@ def _provenance(store: RunStore) -> Section:
         sub.add(Code(store.study_yaml, "study.yaml"))
     model_cfg = store.root / "model" / "config.yaml"
     if model_cfg.is_file():
-        sub.add(Code(model_cfg.read_text(), "model/config.yaml (the transformer's resolved config)"))
+        sub.add(
+            Code(model_cfg.read_text(), "model/config.yaml (the transformer's resolved config)")
+        )
     return sub

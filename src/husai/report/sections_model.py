@@ -28,10 +28,25 @@ def model_section(store: RunStore) -> Section:
                     else "Test accuracy never reached 0.99 in the logged steps (grok_step is null)."
                 )
             )
+        warning = not_grokked(m)
+        if warning:
+            sec.add(Note(warning))
     else:
         sec.add(Note(store.missing.get("model/metrics.json", "model/metrics.json is missing")))
     sec.subsections += [_curves(store), _fourier(store), _progress(store)]
     return sec
+
+
+def not_grokked(m: dict | None) -> str | None:
+    """A warning when the final test accuracy is below 0.99 (the Fourier ground truth may not hold)."""
+    acc = (m or {}).get("test_acc")
+    if not isinstance(acc, (int, float)) or acc >= 0.99:
+        return None
+    return (
+        f"The transformer has not grokked: final test accuracy {fmt(acc)} < 0.99. Its Fourier "
+        "planes may not be the features it uses, so read the ground-truth and geometry "
+        "sections with care."
+    )
 
 
 def _curves(store: RunStore) -> Section:

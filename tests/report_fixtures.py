@@ -44,16 +44,18 @@ def make_run_store(
     seed: int = 0,
     hooks: tuple[str, ...] = HOOKS,
     archs: tuple[str, ...] = tuple(ARCHS),
+    checkpoints: tuple[str, ...] = ("final",),
 ) -> Path:
     """Write a complete tiny run store under ``root`` and return it."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     _write_model(root / "model", rng)
     bases = {
-        hook: _write_activations(root / "activations" / "final" / _slug(hook), hook, rng)
+        (hook, ck): _write_activations(root / "activations" / ck / _slug(hook), hook, ck, rng)
         for hook in hooks
+        for ck in checkpoints
     }
-    groups = list(_groups(hooks, archs))
+    groups = list(_groups(hooks, archs, checkpoints))
     stats = {g: _group_stats(g, scenario, rng) for g in groups}
     results = _results(root, groups, stats, bases, rng)
     pairs = _pairs(groups, stats, rng)
@@ -112,7 +114,7 @@ def _write_model(mdir: Path, rng: np.random.Generator) -> None:
     (mdir / "config.yaml").write_text("task:\n  modulus: 13\n")
 
 
-def _write_activations(adir: Path, hook: str, rng: np.random.Generator) -> torch.Tensor:
+def _write_activations(adir: Path, hook: str, ck: str, rng: np.random.Generator) -> torch.Tensor:
     """Planes: (a, b) for each key freq plus one non-key plane; returns basis [P, 2, d]."""
     q_DD, _ = np.linalg.qr(rng.normal(size=(D_IN, D_IN)))
     freqs = [f for f in KEY_FREQS for _ in range(2)] + [2]
@@ -128,7 +130,8 @@ def _write_activations(adir: Path, hook: str, rng: np.random.Generator) -> torch
         {"basis": basis_P2D, "freq": torch.tensor(freqs), "r2": r2, "is_key": is_key},
         str(adir / "planes.safetensors"),
     )
-    meta = {"hook": hook, "position": -1, "modulus": MODULUS, "op": "add", "d": D_IN}
+    meta = {"hook": hook, "checkpoint": ck, "position": -1, "modulus": MODULUS, "op": "add"}
+    meta |= {"d": D_IN}
     meta |= {"n_inputs": MODULUS**2, "effective_rank": 7.5 if "resid" in hook else 9.25}
     meta |= {"plane_variables": variables, "key_freqs": list(KEY_FREQS)}
     meta |= {"key_r2_total": float(r2[is_key].sum()), "r2_by_variable": {"a": 0.45, "b": 0.41}}
@@ -136,15 +139,16 @@ def _write_activations(adir: Path, hook: str, rng: np.random.Generator) -> torch
     return basis_P2D
 
 
-def _groups(hooks: tuple[str, ...], archs: tuple[str, ...]):
+def _groups(hooks: tuple[str, ...], archs: tuple[str, ...], checkpoints: tuple[str, ...]):
     for arch in archs:
         sname, values = ARCHS[arch]
-        for width, hook, sp in itertools.product(WIDTHS, hooks, values):
-            yield (arch, width, hook, sname, sp)
+        for width, hook, sp, ck in itertools.product(WIDTHS, hooks, values, checkpoints):
+            yield (arch, width, hook, sname, sp, ck)
 
 
 def _group_stats(g: tuple, scenario: str, rng: np.random.Generator) -> dict:
-    arch, width, _hook, _sname, sp = g
+    arch, width, _hook, _sname, sp, ck = g
+    scenario = scenario if ck == "final" else "nothing_beats"  # earlier checkpoints: no structure
     base = 0.30 + 0.002 * width
     ev = (
         0.80
@@ -183,27 +187,27 @@ def _decoder(basis_P2D: torch.Tensor, width: int, stable: bool, seed: int) -> to
 
 
 def _unit_id(g: tuple) -> str:
-    arch, width, hook, _s, _v = g
-    return f"{arch}-w{width}-{_slug(hook)}"
+    arch, width, hook, _s, _v, ck = g
+    return f"{arch}-w{width}-{_slug(hook)}-{ck}"
 
 
 def _results(root, groups, stats, bases, rng) -> list[dict]:
     rows = []
     for g in groups:
-        arch, width, hook, sname, sp = g
+        arch, width, hook, sname, sp, ck = g
         st = stats[g]
         for seed in SEEDS:
             sae_id = f"{sname}{sp:g}-s{seed}"
             sdir = root / "units" / _unit_id(g) / "saes" / sae_id
             sdir.mkdir(parents=True, exist_ok=True)
-            dec_SD = _decoder(bases[hook], width, st["stable"], seed)
+            dec_SD = _decoder(bases[(hook, ck)], width, st["stable"], seed)
             w = {"W_dec": dec_SD, "W_enc": dec_SD.T.contiguous(), "b_enc": torch.zeros(width)}
             save_file(w | {"b_dec": torch.zeros(D_IN)}, str(sdir / "sae_weights.safetensors"))
             ev = st["ev"] + 0.005 * rng.normal()
             gt = 0.9 if st["stable"] else 0.45 + 0.05 * rng.normal()
             rows.append(
                 {"study": "tiny", "unit_id": _unit_id(g), "sae_id": sae_id, "status": "ok"}
-                | {"error": "", "arch": arch, "d_sae": width, "hook": hook, "checkpoint": "final"}
+                | {"error": "", "arch": arch, "d_sae": width, "hook": hook, "checkpoint": ck}
                 | {"sparsity_name": sname, "sparsity": float(sp), "seed": seed, "steps": 500}
                 | {"converged_step": 420, "explained_variance": ev, "mse": 1 - ev, "l0": st["l0"]}
                 | {"dead_fraction": 0.1, "n_alive": int(0.9 * width), "loss_recovered": ev}
@@ -218,7 +222,7 @@ def _results(root, groups, stats, bases, rng) -> list[dict]:
 def _pairs(groups, stats, rng) -> list[dict]:
     rows = []
     for g in groups:
-        arch, width, hook, sname, sp = g
+        arch, width, hook, sname, sp, ck = g
         st = stats[g]
         for (sa, sb), metric in itertools.product(itertools.combinations(SEEDS, 2), METRICS):
             shift = -0.1 if metric == "pw_mcc" else 0.0
@@ -226,7 +230,7 @@ def _pairs(groups, stats, rng) -> list[dict]:
             base = st["base"] + shift + 0.002 * rng.normal()
             rows.append(
                 {"group_id": _group_id(g), "arch": arch, "d_sae": width, "hook": hook}
-                | {"checkpoint": "final", "sparsity_name": sname, "sparsity": float(sp)}
+                | {"checkpoint": ck, "sparsity_name": sname, "sparsity": float(sp)}
                 | {"seed_a": sa, "seed_b": sb, "metric": metric, "value": value, "baseline": base}
                 | {"baseline_kind": "random_unit", "baseline_init": base + 0.01}
                 | {"excess": value - base, "ratio": value / base, "n_a": width, "n_b": width}
@@ -243,14 +247,14 @@ def _summary(groups, stats, pairs) -> list[dict]:
     df = pd.DataFrame(pairs)
     rows = []
     for g in groups:
-        arch, width, hook, sname, sp = g
+        arch, width, hook, sname, sp, ck = g
         for metric in METRICS:
             sel = df[(df.group_id == _group_id(g)) & (df.metric == metric)]
             mean, half = float(sel.value.mean()), float(2 * sel.value.std() / math.sqrt(len(sel)))
             base = float(sel.baseline.mean())
             rows.append(
                 {"group_id": _group_id(g), "arch": arch, "d_sae": width, "hook": hook}
-                | {"checkpoint": "final", "sparsity_name": sname, "sparsity": float(sp)}
+                | {"checkpoint": ck, "sparsity_name": sname, "sparsity": float(sp)}
                 | {"metric": metric, "mean": mean, "ci_lo": mean - half, "ci_hi": mean + half}
                 | {"baseline": base, "baseline_init": base + 0.01, "excess": mean - base}
                 | {
@@ -266,14 +270,14 @@ def _summary(groups, stats, pairs) -> list[dict]:
 def _dynamics(groups, stats) -> list[dict]:
     rows = []
     for g in groups:
-        arch, width, hook, _sname, sp = g
+        arch, width, hook, _sname, sp, ck = g
         st = stats[g]
         for step, metric in itertools.product((1, 10, 100, 500), ("pw_mcc", "pw_mcc_alive")):
             frac = min(1.0, math.log10(step) / 2)
             value = st["base"] + (st["mean"] - st["base"]) * frac
             rows.append(
                 {"group_id": _group_id(g), "arch": arch, "d_sae": width, "hook": hook}
-                | {"checkpoint": "final", "sparsity": float(sp), "step": step}
+                | {"checkpoint": ck, "sparsity": float(sp), "step": step}
                 | {"metric": metric, "value": value}
                 | {"baseline": st["base"]}
             )

@@ -204,3 +204,21 @@ def test_page_loads_in_headless_chromium(stable, tmp_path):
     assert px.shape == (3000, 1200)
     assert px.std() > 20  # text, tables and figures, not a blank page
     assert (px < 128).mean() > 0.01
+
+
+def test_two_checkpoints(tmp_path):
+    root = make_run_store(
+        tmp_path / "run", archs=("topk",), hooks=HOOKS[:1], checkpoints=("step_100", "final")
+    )
+    md = build_report(root).with_name("report.md").read_text()
+    assert BROKEN not in md
+    assert "Other checkpoints, best excess over baseline: 'step_100'" in md
+    assert "[step_100]" in _section(md, "3. Stability") and "[final]" in _section(
+        md, "3. Stability"
+    )
+    assert "transformer checkpoint 'final'" in _section(md, "8. Guidelines")
+    figs = {p.name for p in (root / "report_files").glob("*.png")}
+    assert {f for f in figs if f.startswith("goldilocks_")} == {
+        "goldilocks_blocks_0_hook_resid_post_final.png",
+        "goldilocks_blocks_0_hook_resid_post_step_100.png",
+    }

@@ -217,7 +217,8 @@ def _lines(a: Any, sub: Any, band: dict, x: str, by: str, by_label: str) -> None
             )
     if len(sub) and (sub[x] > 0).all() and sub[x].max() / max(sub[x].min(), 1e-30) >= 4:
         a.set_xscale("log")
-        vals = sorted(sub[x].unique())
+    vals = sorted(sub[x].unique())
+    if len(vals) <= 12:
         a.set_xticks(vals, [f"{v:g}" for v in vals])
         a.minorticks_off()
     a.grid(alpha=0.3)
@@ -241,7 +242,9 @@ def goldilocks(
         a.set(xlabel="sparsity", ylabel="width d_sae", title=title)
         for (i, j), v in np.ndenumerate(exc):
             if np.isfinite(v):
-                a.text(j, i, f"{v:+.2f}\nEV {ev[i, j]:.2f}", ha="center", va="center", fontsize=7)
+                color = "white" if abs(v) > 0.6 * vmax else "black"
+                text = f"{v:+.2f}\nEV {ev[i, j]:.2f}"
+                a.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
         if ev.shape[0] >= 2 and ev.shape[1] >= 2 and np.isfinite(ev).all() and np.ptp(ev) > 0:
             cs = a.contour(ev, levels=6, colors="k", linewidths=0.6, alpha=0.5)
             a.clabel(cs, fontsize=6, fmt="%.2f")
@@ -302,7 +305,7 @@ def stability_vs_l0(df: Any) -> bytes:
             label=f"{arch} w={int(width)}",
         )
         a.scatter(g.l0_mean, g.baseline, marker="x", color=color, s=20)
-    if (df.l0_mean > 0).all():
+    if (df.l0_mean > 0).all() and df.l0_mean.max() >= 10 * df.l0_mean.min():
         from matplotlib.ticker import FuncFormatter
 
         a.set_xscale("log")

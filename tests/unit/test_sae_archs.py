@@ -156,3 +156,25 @@ def test_matryoshka_loss_is_sum_of_prefix_losses() -> None:
         recon = codes[0, :, :m] @ sae.W_dec[0, :m] + sae.b_dec[0]
         total += (recon - x[0]).pow(2).sum(-1).mean()
     assert out.losses["matryoshka_mse"].item() == pytest.approx(total.item(), rel=1e-5)
+
+
+def test_relu_handwritten_backward_matches_autograd() -> None:
+    sae = _sae("relu")
+    with torch.no_grad():
+        sae.params["b_dec"].normal_()
+        sae.params["W_dec"].mul_(torch.rand(2, S, 1) + 0.5)
+    x = _x(32).expand(2, 32, D)
+    out = sae.arch.train_forward(sae, x, torch.zeros(2, S, dtype=torch.bool))
+    sum(out.losses.values()).sum().backward()
+    fused = {k: p.grad.clone() for k, p in sae.params.items()}
+    for p in sae.params.values():
+        p.grad = None
+    codes = torch.relu(sae.pre_acts(x))
+    recon = torch.baddbmm(sae.b_dec[:, None], codes, sae.W_dec)
+    l1 = (codes * sae.W_dec.norm(dim=-1)[:, None]).sum(-1).mean(-1)
+    ref = mse_per_model(recon, x) + sae.arch.cfgs[0].l1_coefficient * l1
+    assert torch.allclose(ref, sum(out.losses.values()).detach(), rtol=1e-5)
+    ref.sum().backward()
+    for k, p in sae.params.items():
+        assert torch.allclose(p.grad, fused[k], atol=1e-5), k
+    assert out.l0_N.tolist() == (codes > 0).sum(-1).float().mean(-1).tolist()

@@ -1,7 +1,8 @@
 """Per-model Adam and the learning-rate schedule of the batched SAE trainer.
 
 Adam (Kingma & Ba 2015, Algorithm 1, betas 0.9/0.999, eps 1e-8) runs on each model's
-slice of each stacked parameter with ``torch._foreach_*`` ops. Every slice has the
+slice of each stacked parameter, with PyTorch's fused Adam kernel (``torch._fused_adam_``,
+one kernel per slice) where it exists and ``torch._foreach_*`` ops otherwise. Every slice has the
 shape it would have if the model were trained alone, so the elementwise kernels
 (including any FMA and vector-tail handling) see the same lengths and produce the
 same bits; models flagged inactive (converged) are skipped entirely.
@@ -58,6 +59,24 @@ class PerModelAdam:
         ms = [self.m[k][n] for k in names for n in models]
         vs = [self.v[k][n] for k in names for n in models]
         if not ps:
+            return
+        if hasattr(torch, "_fused_adam_"):  # one kernel per slice instead of seven
+            steps = [torch.tensor(float(t)) for _ in ps]
+            torch._fused_adam_(
+                ps,
+                gs,
+                ms,
+                vs,
+                [],
+                steps,
+                lr=lr,
+                beta1=b1,
+                beta2=b2,
+                weight_decay=0.0,
+                eps=self.eps,
+                amsgrad=False,
+                maximize=False,
+            )
             return
         torch._foreach_mul_(ms, b1)
         torch._foreach_add_(ms, gs, alpha=1 - b1)

@@ -1,7 +1,7 @@
 """ReLU SAE with a decoder-norm-weighted L1 penalty (SAELens 'standard').
 
 Encoder and loss (Bricken et al. 2023, "Towards Monosemanticity"; the norm-weighted
-penalty is Conerly et al. 2024, "Circuits Updates - April 2024", eq. for L):
+penalty is Conerly et al. 2024, "Circuits Updates - April 2024"):
 
     f(x)  = ReLU((x - b_dec) W_enc + b_enc)
     x_hat = f(x) W_dec + b_dec
@@ -10,14 +10,57 @@ penalty is Conerly et al. 2024, "Circuits Updates - April 2024", eq. for L):
 Because the penalty is weighted by the decoder row norms, the decoder is not
 renormalised; its rows start at norm 0.1 (Conerly et al. 2024). Saved as SAELens
 'standard' with ``apply_b_dec_to_input = True``.
+
+The forward and backward passes are written out by hand (:class:`ReluSAEFn`): five
+batched matmuls per step instead of autograd's six (the b_dec gradient through the
+encoder input is ``-W_enc @ sum_b dL/dpre``, a matrix-vector product, not a full
+``dL/dpre @ W_enc^T``), and fewer passes over the [N, B, d_sae] codes. A unit test
+checks the gradients against autograd.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from husai.saes.base import Architecture, BatchedSAE, TrainOut, mse_per_model
+from husai.saes.base import Architecture, BatchedSAE, TrainOut
+
+
+class ReluSAEFn(torch.autograd.Function):
+    """(mse [N], mean-over-batch norm-weighted L1 [N], activity counts [N, S]) of a ReLU SAE."""
+
+    @staticmethod
+    def forward(ctx: Any, x_NBD, W_enc, b_enc, W_dec, b_dec):  # type: ignore[override]
+        batch = x_NBD.shape[1]
+        x_in_NBD = x_NBD - b_dec[:, None, :]
+        codes_NBS = torch.baddbmm(b_enc[:, None, :], x_in_NBD, W_enc).relu_()
+        err_NBD = torch.baddbmm(b_dec[:, None, :], codes_NBS, W_dec).sub_(x_NBD)
+        norms_NS = W_dec.norm(dim=-1)
+        sum_NS = codes_NBS.sum(1)
+        counts_NS = (codes_NBS > 0).sum(1)
+        ctx.save_for_backward(x_in_NBD, codes_NBS, err_NBD, W_enc, W_dec, norms_NS, sum_NS)
+        ctx.mark_non_differentiable(counts_NS)
+        mse_N = err_NBD.pow(2).sum(-1).mean(-1)
+        l1_N = (sum_NS * norms_NS).sum(-1) / batch
+        return mse_N, l1_N, counts_NS
+
+    @staticmethod
+    def backward(ctx: Any, g_mse_N, g_l1_N, _):  # type: ignore[override]
+        x_in_NBD, codes_NBS, err_NBD, W_enc, W_dec, norms_NS, sum_NS = ctx.saved_tensors
+        batch = x_in_NBD.shape[1]
+        g_err_NBD = err_NBD * (2 * g_mse_N / batch)[:, None, None]
+        l1_scale_N1 = (g_l1_N / batch)[:, None]
+        dW_dec = torch.bmm(codes_NBS.transpose(1, 2), g_err_NBD)
+        dW_dec += (l1_scale_N1 * sum_NS / norms_NS)[:, :, None] * W_dec
+        g_pre_NBS = torch.bmm(g_err_NBD, W_dec.transpose(1, 2))
+        g_pre_NBS += (l1_scale_N1 * norms_NS)[:, None, :]
+        g_pre_NBS.masked_fill_(codes_NBS <= 0, 0.0)
+        dW_enc = torch.bmm(x_in_NBD.transpose(1, 2), g_pre_NBS)
+        db_enc = g_pre_NBS.sum(1)
+        db_dec = g_err_NBD.sum(1) - torch.bmm(W_enc, db_enc[:, :, None])[:, :, 0]
+        return None, dW_enc, db_enc, dW_dec, db_dec
 
 
 class ReluArch(Architecture):
@@ -30,14 +73,9 @@ class ReluArch(Architecture):
         return torch.relu(sae.pre_acts(x_NBD))
 
     def train_forward(self, sae: BatchedSAE, x_NBD: Tensor, dead_NS: Tensor) -> TrainOut:
-        codes_NBS = torch.relu(sae.pre_acts(x_NBD))
-        recon_NBD = torch.baddbmm(sae.b_dec[:, None, :], codes_NBS, sae.W_dec)
-        norms_NS1 = sae.W_dec.norm(dim=-1).unsqueeze(-1)
-        l1_N = torch.bmm(codes_NBS, norms_NS1).squeeze(-1).mean(-1)
-        coef_N = self.hp("l1_coefficient")
-        active_NBS = codes_NBS.detach() > 0
+        mse_N, l1_N, counts_NS = ReluSAEFn.apply(x_NBD, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
         return TrainOut(
-            losses={"mse": mse_per_model(recon_NBD, x_NBD), "l1": coef_N * l1_N},
-            fired_NS=active_NBS.any(1),
-            l0_N=active_NBS.sum(-1, dtype=torch.float32).mean(-1),
+            losses={"mse": mse_N, "l1": self.hp("l1_coefficient") * l1_N},
+            fired_NS=counts_NS > 0,
+            l0_N=counts_NS.sum(-1, dtype=torch.float32) / x_NBD.shape[1],
         )

@@ -36,7 +36,7 @@ class LatentSorter:
         """(order into the flat pairs, sample row of each sorted pair, bag offsets [S])."""
         if n not in self._cache:
             flat_M = self.idx_NBK[n].reshape(-1)
-            order_M = torch.argsort(flat_M.int(), stable=True)  # int32: ~20x faster than int64
+            order_M = _stable_argsort(flat_M, self.d_sae)
             rows_M = torch.div(order_M, self.idx_NBK.shape[-1], rounding_mode="floor")
             counts_S = torch.bincount(flat_M, minlength=self.d_sae)
             offsets_S = torch.cumsum(counts_S, 0) - counts_S
@@ -50,38 +50,44 @@ class LatentSorter:
         return F.embedding_bag(sample_M, rows_BD, offsets_S, mode="sum", per_sample_weights=w_M)
 
 
+def _stable_argsort(keys_M: Tensor, n_keys: int) -> Tensor:
+    """Stable argsort of small non-negative keys. On CPU an int16 stable sort is ~200x
+    faster than int32/int64 (0.8 ms vs 160-360 ms for 131k keys, measured); above the
+    int16 range, unique keys (key * M + position) make an unstable sort deterministic."""
+    if n_keys <= torch.iinfo(torch.int16).max:
+        return torch.argsort(keys_M.to(torch.int16), stable=True)
+    unique = keys_M * keys_M.numel() + torch.arange(keys_M.numel())
+    return torch.sort(unique).indices
+
+
 class SparseEncode(torch.autograd.Function):
     """Pre-activations at selected latents, ``pre[n, b, idx[n, b, j]]``, with sparse gradients.
 
-    Inputs: x_in [N,B,D] (= x - b_dec), W_enc [N,D,S], b_enc [N,S], pre [N,B,S]
-    (already computed without grad), idx [N,B,K], a LatentSorter for idx.
+    Inputs: x_in [N,B,D] (= x - b_dec, no grad), b_dec [N,D], W_enc [N,D,S], b_enc [N,S],
+    pre [N,B,S] (computed without grad), idx [N,B,K], a LatentSorter for idx. The b_dec
+    gradient through x_in is ``-W_enc @ db_enc`` (a matrix-vector product).
     """
 
     @staticmethod
-    def forward(ctx: Any, x_in_NBD, W_enc_NDS, b_enc_NS, pre_NBS, idx_NBK, sorter):  # type: ignore[override]
-        ctx.save_for_backward(x_in_NBD, W_enc_NDS, idx_NBK)
+    def forward(ctx: Any, x_in_NBD, b_dec_ND, W_enc_NDS, b_enc_NS, pre_NBS, idx_NBK, sorter):  # type: ignore[override]
+        ctx.save_for_backward(x_in_NBD, W_enc_NDS)
         ctx.sorter = sorter
         return pre_NBS.gather(-1, idx_NBK)
 
     @staticmethod
     def backward(ctx: Any, dvals_NBK: Tensor):  # type: ignore[override]
-        x_in_NBD, W_enc_NDS, idx_NBK = ctx.saved_tensors
+        x_in_NBD, W_enc_NDS = ctx.saved_tensors
         sorter: LatentSorter = ctx.sorter
         n_models, batch, _ = x_in_NBD.shape
-        dW_enc = torch.empty_like(W_enc_NDS)
+        dW_enc_NSD = torch.empty(n_models, W_enc_NDS.shape[2], W_enc_NDS.shape[1])
         db_enc = torch.empty(W_enc_NDS.shape[0], W_enc_NDS.shape[2])
-        dx_in = torch.empty_like(x_in_NBD) if ctx.needs_input_grad[0] else None
         ones_B1 = torch.ones(batch, 1)
         for n in range(n_models):
-            dvals_BK = dvals_NBK[n]
-            dW_enc[n] = sorter.segment_sum(n, x_in_NBD[n], dvals_BK).T
-            db_enc[n] = sorter.segment_sum(n, ones_B1, dvals_BK)[:, 0]
-            if dx_in is not None:
-                W_enc_SD = W_enc_NDS[n].T.contiguous()
-                dx_in[n] = F.embedding_bag(
-                    idx_NBK[n], W_enc_SD, mode="sum", per_sample_weights=dvals_BK
-                )
-        return dx_in, dW_enc, db_enc, None, None, None
+            dW_enc_NSD[n] = sorter.segment_sum(n, x_in_NBD[n], dvals_NBK[n])
+            db_enc[n] = sorter.segment_sum(n, ones_B1, dvals_NBK[n])[:, 0]
+        dW_enc = dW_enc_NSD.transpose(1, 2).contiguous()
+        db_dec = -torch.bmm(W_enc_NDS, db_enc[:, :, None])[:, :, 0]
+        return None, db_dec, dW_enc, db_enc, None, None, None
 
 
 class SparseDecode(torch.autograd.Function):

@@ -47,12 +47,14 @@ class TopKArch(Architecture):
 
     def train_forward(self, sae: BatchedSAE, x_NBD: Tensor, dead_NS: Tensor) -> TrainOut:
         k_N = self.hp("k", torch.long)
-        x_in_NBD = x_NBD - sae.b_dec[:, None, :]
         with torch.no_grad():
+            x_in_NBD = x_NBD - sae.b_dec[:, None, :]
             pre_NBS = torch.baddbmm(sae.b_enc[:, None, :], x_in_NBD, sae.W_enc)
             idx_NBK = pre_NBS.topk(int(k_N.max()), dim=-1, sorted=True).indices
         sorter = LatentSorter(idx_NBK, sae.d_sae)
-        vals_NBK = SparseEncode.apply(x_in_NBD, sae.W_enc, sae.b_enc, pre_NBS, idx_NBK, sorter)
+        vals_NBK = SparseEncode.apply(
+            x_in_NBD, sae.b_dec, sae.W_enc, sae.b_enc, pre_NBS, idx_NBK, sorter
+        )
         codes_NBK = torch.relu(vals_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
         recon_NBD = SparseDecode.apply(codes_NBK, idx_NBK, sae.W_dec, sorter)
         recon_NBD = recon_NBD + sae.b_dec[:, None, :]
@@ -70,7 +72,9 @@ class TopKArch(Architecture):
     ) -> Tensor:
         idx_NBK, keep_N1K, scale_N = auxk_select(pre_NBS, dead_NS, sae.d_in)
         sorter = LatentSorter(idx_NBK, sae.d_sae)
-        vals_NBK = SparseEncode.apply(x_in_NBD, sae.W_enc, sae.b_enc, pre_NBS, idx_NBK, sorter)
+        vals_NBK = SparseEncode.apply(
+            x_in_NBD, sae.b_dec, sae.W_enc, sae.b_enc, pre_NBS, idx_NBK, sorter
+        )
         codes_NBK = torch.relu(vals_NBK) * keep_N1K
         e_hat_NBD = SparseDecode.apply(codes_NBK, idx_NBK, sae.W_dec, sorter)
         aux_N = mse_per_model(e_hat_NBD, resid_NBD.detach())

@@ -2,7 +2,7 @@
 
 TopK SAEs (k=3, width 32) on n=16, m=32, k=3, 50k samples must reach GT-MCC and
 cross-seed PW-MCC >= 0.9 (mean over seeds / seed pairs); a ReLU-L1 SAE is reported on
-the same data. The quick test trains briefly and only checks the pipeline beats chance.
+the same data (at L1 = 1.0, L0 ~3.7, it also reaches >= 0.9). The quick test trains briefly and only checks the pipeline beats chance.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from husai.tasks.synthetic import make_synthetic
 log = logging.getLogger(__name__)
 SEEDS = [0, 1, 2, 3, 4]
 STEPS, LR, BATCH = 3000, 1e-2, 256  # 3000 steps: GT-MCC 0.95, PW-MCC 0.93 (mean over seeds)
-L1 = 1e-2
+L1 = 1.0  # L0 ~3.7 on this data; 0.01 leaves L0 ~31 (GT-MCC 0.68), 0.3 gives 0.89
 
 
 @pytest.fixture(autouse=True)
@@ -67,5 +67,4 @@ def test_topk_recovers_the_truth_and_relu_is_reported() -> None:
     log.info(
         "ReLU-L1: GT-MCC %s, cross-seed PW-MCC %s", np.round(relu_gts, 3), np.round(relu_pws, 3)
     )
-    base, std = random_unit_baseline("pw_mcc", 32, 32, 16, trials=16)
-    assert np.mean(relu_gts) > base + 10 * std  # ReLU-L1 learns something, if less
+    assert np.mean(relu_gts) >= 0.9, relu_gts  # at a matching sparsity ReLU-L1 recovers it too

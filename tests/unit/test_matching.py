@@ -79,3 +79,13 @@ def test_empty_and_bad_shapes() -> None:
     assert match(torch.zeros(0, 4), torch.randn(3, 4)).mean == 0.0
     with pytest.raises(ValueError):
         cosine_matrix(torch.randn(3, 4), torch.randn(3, 5))
+
+
+def test_hub_columns_need_column_candidates() -> None:
+    """Every row prefers the same columns: rows' top-c alone admit no full matching."""
+    gen = torch.Generator().manual_seed(3)
+    score = torch.linspace(1.0, 0.0, 40)[None, :] + 0.01 * torch.rand(30, 40, generator=gen)
+    rows, cols = linear_assignment(score, method="sparse", candidates=2)
+    assert float(score[rows, cols].double().sum()) == pytest.approx(
+        _dense_total(score.double().numpy()), abs=1e-6
+    )

@@ -11,14 +11,15 @@ a zero norm by 1 before dividing), and it is why no metric here can produce NaN.
 ``scipy.optimize.linear_sum_assignment``). Two exact solvers:
 
 - ``dense``: ``scipy.optimize.linear_sum_assignment`` (LAPJV), O(n^3).
-- ``sparse``: a candidate graph (the top ``c`` scores of every row and of every column)
-  solved by ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` (LAPJVsp),
+- ``sparse``: a candidate graph (the top ``c`` scores of every row; every column's top
+  ``c`` are added only if the rows alone admit no full matching) solved by ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` (LAPJVsp),
   followed by an optimality certificate on the *full* matrix. Dual potentials of the
   sparse optimum are shortest-path distances in its residual graph (Bellman-Ford,
   vectorised, on the column graph); if every entry of the full matrix has non-negative
   reduced cost the matching is optimal for the full matrix (LP duality). Violating
   entries are added to the graph and the problem re-solved; after ``max_rounds`` the
-  dense solver is used. The result is exact up to ``tol`` per matched pair in the
+  dense solver is used. Only rows whose c-th best score could beat their dual bound are
+  scanned (an entry outside row i's top c scores at most that c-th score). The result is exact up to ``tol`` per matched pair in the
   score (default 1e-9), never approximate beyond that.
 
 ``auto`` picks ``sparse`` above ``dense_max`` entries. Candidates from random
@@ -137,14 +138,23 @@ def _dense_assignment(score_AB: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return rows.astype(np.int64), cols.astype(np.int64)
 
 
-def _candidate_edges(score_NM: Tensor, c: int) -> np.ndarray:
-    """Linear indices (i * m + j) of the top-c entries of every row and every column."""
+def _row_candidates(score_NM: Tensor, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear indices (i * m + j) of each row's top-c entries, and each row's c-th largest score.
+
+    Every entry left out of row i scores <= that c-th value: the bound that lets the
+    certificate skip rows that cannot hold a violating entry.
+    """
     n, m = score_NM.shape
-    top_rows = torch.topk(score_NM, min(c, m), dim=1).indices
-    lin_r = (torch.arange(n).unsqueeze(1) * m + top_rows).flatten()
+    top = torch.topk(score_NM, min(c, m), dim=1)
+    lin = (torch.arange(n).unsqueeze(1) * m + top.indices).flatten().numpy()
+    return np.unique(lin), top.values[:, -1].double().numpy()
+
+
+def _col_candidates(score_NM: Tensor, c: int) -> np.ndarray:
+    """Linear indices of each column's top-c entries (used only when rows alone do not match)."""
+    n, m = score_NM.shape
     top_cols = torch.topk(score_NM, min(c, n), dim=0).indices
-    lin_c = (top_cols * m + torch.arange(m).unsqueeze(0)).flatten()
-    return np.unique(torch.cat([lin_r, lin_c]).numpy())
+    return (top_cols * m + torch.arange(m).unsqueeze(0)).flatten().numpy()
 
 
 def _sparse_assignment(
@@ -153,15 +163,15 @@ def _sparse_assignment(
     """Exact assignment for n <= m via candidate graph + dual certificate (module docstring)."""
     n, m = score_NM.shape
     flat = score_NM.reshape(-1)
-    edges = _candidate_edges(score_NM, c)
+    edges, row_kth = _row_candidates(score_NM, c)
     for round_ in range(max_rounds):
         weight = 2.0 - flat[torch.from_numpy(edges)].double().numpy()  # > 0: LAPJVsp needs non-zero
         graph = csr_matrix((weight, (edges // m, edges % m)), shape=(n, m))
         try:
             rows, cols = min_weight_full_bipartite_matching(graph)
         except ValueError:
-            log.info("candidate graph has no full matching; widening")
-            edges = np.union1d(edges, _candidate_edges(score_NM, 4 * c))
+            log.info("candidate graph has no full matching; adding column candidates")
+            edges = np.union1d(edges, _col_candidates(score_NM, c))
             continue
         pot_M = _column_potentials(graph, rows, cols)
         if pot_M is None:
@@ -169,8 +179,14 @@ def _sparse_assignment(
         mate_w = 2.0 - score_NM[torch.from_numpy(rows), torch.from_numpy(cols)].double().numpy()
         row_pot = np.empty(n)
         row_pot[rows] = pot_M[cols] - mate_w
-        bad, close = _scan(score_NM, row_pot, pot_M, tol, near if round_ == 0 else 0.0)
-        log.debug("sparse assignment round %d: %d violating entries", round_, bad.size)
+        scan_rows = np.flatnonzero(row_kth > 2.0 + row_pot - pot_M.max() - tol - 1e-6)
+        bad, close = _scan(score_NM, row_pot, pot_M, tol, near if round_ == 0 else 0.0, scan_rows)
+        log.debug(
+            "sparse assignment round %d: scanned %d rows, %d violating entries",
+            round_,
+            scan_rows.size,
+            bad.size,
+        )
         if bad.size == 0:
             return rows.astype(np.int64), cols.astype(np.int64)
         edges = np.union1d(edges, np.union1d(bad, close[: 8 * m]))
@@ -237,6 +253,7 @@ def _scan(
     col_pot: np.ndarray,
     tol: float,
     near: float,
+    scan_rows: np.ndarray,
     chunk: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Entries of the full matrix with reduced cost r = 2 + u_i - s_ij - v_j below -tol.
@@ -244,18 +261,24 @@ def _scan(
     A float32 pass finds every entry with r < 1e-4 (float32 error is ~1e-6 here); those
     are re-checked exactly in float64. Also returns the entries with r < ``near``: the
     next round's likely violators, added together so that few rounds are needed.
+    Only ``scan_rows`` are read: the others cannot violate (see ``_row_candidates``).
     """
     n, m = score_NM.shape
     u32_N = torch.from_numpy(2.0 + row_pot).float()
     v32_M = torch.from_numpy(col_pot).float()
     suspect, close = [], []
-    for lo in range(0, n, chunk):
-        red = (u32_N[lo : lo + chunk, None] - score_NM[lo : lo + chunk].float()) - v32_M[None, :]
+    idx_R = torch.from_numpy(scan_rows)
+    for lo in range(0, idx_R.numel(), chunk):
+        rows_C = idx_R[lo : lo + chunk]
+        block = score_NM.index_select(0, rows_C).float()
+        red = (u32_N[rows_C, None] - block) - v32_M[None, :]
         i, j = torch.nonzero(red < max(near, 1e-4), as_tuple=True)
-        lin = ((i + lo) * m + j).numpy()
+        lin = (rows_C[i] * m + j).numpy()
         r = red[i, j].numpy()
         suspect.append(lin[r < 1e-4])
         close.append(lin[r < near])
+    if not suspect:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     suspect_lin, close_lin = np.concatenate(suspect), np.concatenate(close)
     si, sj = suspect_lin // m, suspect_lin % m
     exact = (

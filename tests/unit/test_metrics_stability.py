@@ -193,3 +193,13 @@ def test_subspace_overlap_rotation_invariant() -> None:
     mix = torch.randn(8, 8, generator=_gen(14)) @ span  # same span, other basis
     assert subspace_overlap(span, mix, r=8) == pytest.approx(1.0, abs=1e-6)
     assert subspace_overlap(span, q[8:16], r=8) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_encoder_pw_mcc_when_encoders_given() -> None:
+    dec = torch.randn(20, 16, generator=_gen(15))
+    enc = torch.randn(20, 16, generator=_gen(16))
+    perm = torch.randperm(20, generator=_gen(17))
+    out = stability_pair(dec, dec[perm], enc_a=enc, enc_b=enc[perm], trials=2, ranks=[])
+    assert out["pw_mcc_encoder"].value == pytest.approx(1.0, abs=1e-6)
+    assert out["pw_mcc_encoder"].baseline == pytest.approx(out["pw_mcc"].baseline)
+    assert "pw_mcc_encoder" not in stability_pair(dec, dec, trials=2, ranks=[])

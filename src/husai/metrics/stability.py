@@ -16,6 +16,7 @@ Metrics (a, b: decoder directions ``[n, d]``; all cosines treat zero rows as 0):
 - ``activation_mcc``: Hungarian matching on |Pearson correlation| of latent activations
   over the same inputs, mean over matched pairs (MCC as in ICA, Khemakhem et al. 2020);
   zero-variance latents correlate 0.
+- ``pw_mcc_encoder``: PW-MCC on encoder directions, when encoders are given.
 - ``subspace_overlap`` (top-r principal subspaces) and ``span_overlap``: see
   :mod:`husai.metrics.subspace`.
 - ``per_latent_stability``: for each latent of a reference SAE, its matched cosine in
@@ -156,6 +157,8 @@ def stability_pair(
     )
     out["mmcs"] = ctx.value("mmcs", mmcs(dec_a, dec_b), n, _init_value(mmcs, init_a, init_b))
     out["shared_fraction"] = _shared(ctx, dec_a, dec_b, enc_a, enc_b, init_a, init_b, tau)
+    if enc_a is not None and enc_b is not None:
+        out["pw_mcc_encoder"] = _encoder_pw_mcc(ctx, enc_a, enc_b, init_a, init_b)
     alive = _alive_masks(dec_a, dec_b, codes_a, codes_b, alive_a, alive_b)
     if alive is not None:
         out["pw_mcc_alive"] = _alive_pw_mcc(ctx, dec_a, dec_b, *alive)
@@ -217,6 +220,25 @@ def _shared(ctx: _Ctx, dec_a, dec_b, enc_a, enc_b, init_a, init_b, tau: float) -
     base_metric = "shared_fraction" if use_enc else "shared_fraction_dec"
     n = (dec_a.shape[0], dec_b.shape[0])
     return ctx.value("shared_fraction", value, n, init, base_metric=base_metric, note=note, tau=tau)
+
+
+def _encoder_pw_mcc(
+    ctx: _Ctx, enc_a: Tensor, enc_b: Tensor, init_a: Any, init_b: Any
+) -> MetricValue:
+    """PW-MCC on encoder directions (rows of W_enc^T), Hungarian as for decoders."""
+    init = None
+    if init_a is not None and init_b is not None:
+        ie_a, ie_b = as_encoder(init_a), as_encoder(init_b)
+        init = pw_mcc(ie_a, ie_b) if ie_a is not None and ie_b is not None else None
+    n = (enc_a.shape[0], enc_b.shape[0])
+    return ctx.value(
+        "pw_mcc_encoder",
+        pw_mcc(enc_a, enc_b),
+        n,
+        init,
+        base_metric="pw_mcc",
+        note="encoder directions; signed cosine, Hungarian, all latents",
+    )
 
 
 def _alive_masks(dec_a, dec_b, codes_a, codes_b, alive_a, alive_b) -> tuple[Tensor, Tensor] | None:

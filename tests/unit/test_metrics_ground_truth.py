@@ -137,3 +137,15 @@ def test_report_has_baselines_and_summary_is_flat() -> None:
         "purity_mean",
     ):
         assert math.isfinite(summary[key])
+
+
+def test_report_uses_key_planes_only() -> None:
+    full = _planes()
+    planes = Planes(full.basis, full.freq, full.variable, torch.tensor([True, True, False, False]))
+    dec = truth_directions(full)[:4]  # exactly the two key planes
+    report = ground_truth_report(dec, planes, trials=2)
+    assert len(report["plane_coverage_per_plane"]) == 2
+    assert report["gt_mcc"].value == pytest.approx(1.0, abs=1e-6)
+    assert report["plane_coverage_mean"].value == pytest.approx(1.0, abs=1e-5)
+    everything = ground_truth_report(dec, planes, trials=2, key_only=False)
+    assert everything["plane_coverage_mean"].value == pytest.approx(0.5, abs=1e-5)

@@ -24,6 +24,7 @@ from husai.metrics.baselines import MetricValue
 from husai.metrics.ground_truth import (
     frequency_allocation,
     ground_truth_report,
+    key_planes,
     load_planes,
     report_to_json,
 )
@@ -77,7 +78,7 @@ def analyze_dirs(
         result["ground_truth"] = {
             "activations": str(ground_truth),
             "per_sae": {k: report_to_json(r) for k, r in reports.items()},
-            "allocation": frequency_allocation(decs, planes),
+            "allocation": frequency_allocation(decs, key_planes(planes)),
         }
         for path, rep in reports.items():
             mvs = {k: v for k, v in rep.items() if isinstance(v, MetricValue)}

@@ -61,6 +61,19 @@ class Planes:
     basis: Tensor
     freq: Tensor
     variable: list[str] = field(default_factory=list)
+    is_key: Tensor | None = None
+
+
+def key_planes(planes: PlanesLike) -> Planes:
+    """Only the key-frequency planes (``is_key``), when the planes say which those are."""
+    basis, freq = torch.as_tensor(planes.basis), torch.as_tensor(planes.freq)
+    variable = list(getattr(planes, "variable", []) or [])
+    is_key = getattr(planes, "is_key", None)
+    if is_key is None or not bool(torch.as_tensor(is_key).any()):
+        return Planes(basis, freq, variable)
+    keep = torch.as_tensor(is_key).bool()
+    kept_vars = [v for v, k in zip(variable, keep.tolist(), strict=False) if k]
+    return Planes(basis[keep], freq[keep], kept_vars, keep[keep])
 
 
 def load_planes(acts_dir: str | Path) -> Planes:
@@ -73,7 +86,9 @@ def load_planes(acts_dir: str | Path) -> Planes:
     t = load_file(str(path))
     meta_path = Path(acts_dir) / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return Planes(t["basis"].float(), t["freq"].long(), list(meta.get("plane_variables", [])))
+    is_key = t["is_key"].bool() if "is_key" in t else None
+    variables = list(meta.get("plane_variables", []))
+    return Planes(t["basis"].float(), t["freq"].long(), variables, is_key)
 
 
 def truth_directions(planes: PlanesLike) -> Float[Tensor, "two_P d"]:
@@ -215,13 +230,16 @@ def ground_truth_report(
     min_purity: float = 0.5,
     trials: int = 8,
     seed: int = 0,
+    key_only: bool = True,
 ) -> dict[str, Any]:
     """GT-MCC, plane coverage, purity and (with codes) activation purity, with baselines.
 
     Scalar results are MetricValues whose baseline is the same number for random unit
     decoders with as many latents (``trials`` seeded draws); per-plane and per-latent
-    arrays are plain lists. ``truth`` defaults to the planes' basis vectors.
+    arrays are plain lists. ``truth`` defaults to the planes' basis vectors. With
+    ``key_only`` (default) only key-frequency planes count, when the planes mark them.
     """
+    planes = key_planes(planes) if key_only else planes
     dec_ND = as_decoder(dec)
     truth_TD = truth_directions(planes) if truth is None else as_decoder(truth)
     n, d = dec_ND.shape

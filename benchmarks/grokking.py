@@ -77,7 +77,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out: Path) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/models/default.yaml")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[999, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[999, 1, 2, 3])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", dest="overrides", nargs="*", default=[])
     ap.add_argument("--skip-steps", action="store_true", help="skip the step-time comparison")

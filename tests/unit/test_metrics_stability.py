@@ -134,6 +134,8 @@ def test_dead_latents_never_nan_and_alive_only_counts() -> None:
     assert alive.n_latents == (15, 20) and not alive.dead_included
     assert alive.value == pytest.approx(1.0, abs=1e-6)
     assert out["pw_mcc"].value == pytest.approx(15 / 20, abs=1e-6)  # dead rows score 0
+    assert out["mmcs_alive"].n_latents == (15, 20) and out["mmcs_alive"].value < 1.0
+    assert out["mmcs_alive"].baseline < out["mmcs_alive"].value
 
 
 def test_shared_fraction_needs_encoder_agreement() -> None:

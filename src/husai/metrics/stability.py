@@ -6,8 +6,8 @@ Metrics (a, b: decoder directions ``[n, d]``; all cosines treat zero rows as 0):
   ``MCC`` in ``synthetic/utils.py`` and ``examples/dictionary_learning/utils.py``):
   rows normalised, signed cosine, Hungarian matching maximising the summed cosine over
   *all* latents, mean over the ``min(n_a, n_b)`` matched pairs. The literature number.
-- ``pw_mcc_alive``: the same over latents that fired on the evaluation inputs only;
-  ``n_latents`` states how many.
+- ``pw_mcc_alive`` / ``mmcs_alive``: the same over latents that fired on the evaluation
+  inputs only; ``n_latents`` states how many, and the baseline uses those counts.
 - ``mmcs``: mean max |cosine| in both directions, averaged (Sharkey et al. 2022;
   what the earlier HUSAI study called PWMCC): 0.5 (mean_i max_j |c_ij| + mean_j max_i |c_ij|).
 - ``shared_fraction``: share of Hungarian-matched decoder pairs whose decoder *and*
@@ -161,7 +161,8 @@ def stability_pair(
         out["pw_mcc_encoder"] = _encoder_pw_mcc(ctx, enc_a, enc_b, init_a, init_b)
     alive = _alive_masks(dec_a, dec_b, codes_a, codes_b, alive_a, alive_b)
     if alive is not None:
-        out["pw_mcc_alive"] = _alive_pw_mcc(ctx, dec_a, dec_b, *alive)
+        out["pw_mcc_alive"] = _alive_only(ctx, "pw_mcc", dec_a, dec_b, *alive)
+        out["mmcs_alive"] = _alive_only(ctx, "mmcs", dec_a, dec_b, *alive)
     if codes_a is not None and codes_b is not None:
         out["activation_mcc"] = _activation(ctx, codes_a, codes_b)
     out.update(_subspaces(ctx, dec_a, dec_b, init_a, init_b, ranks))
@@ -251,17 +252,18 @@ def _alive_masks(dec_a, dec_b, codes_a, codes_b, alive_a, alive_b) -> tuple[Tens
     return as_mask(alive_a, dec_a.shape[0], "alive_a"), as_mask(alive_b, dec_b.shape[0], "alive_b")
 
 
-def _alive_pw_mcc(
-    ctx: _Ctx, dec_a: Tensor, dec_b: Tensor, alive_a: Tensor, alive_b: Tensor
+def _alive_only(
+    ctx: _Ctx, name: str, dec_a: Tensor, dec_b: Tensor, alive_a: Tensor, alive_b: Tensor
 ) -> MetricValue:
+    """``name`` in {'pw_mcc', 'mmcs'} over alive latents, against alive-count baselines."""
     sub_a, sub_b = dec_a[alive_a], dec_b[alive_b]
     n = (sub_a.shape[0], sub_b.shape[0])
-    value = pw_mcc(sub_a, sub_b) if min(n) > 0 else 0.0
     note = f"alive latents only: {n[0]}/{dec_a.shape[0]} and {n[1]}/{dec_b.shape[0]}"
     if min(n) == 0:
-        return metric_value("pw_mcc_alive", 0.0, 0.0, n_latents=n, dead_included=False, note=note)
+        return metric_value(f"{name}_alive", 0.0, 0.0, n_latents=n, dead_included=False, note=note)
+    value = (pw_mcc if name == "pw_mcc" else mmcs)(sub_a, sub_b)
     return ctx.value(
-        "pw_mcc_alive", value, n, None, base_metric="pw_mcc", dead_included=False, note=note
+        f"{name}_alive", value, n, None, base_metric=name, dead_included=False, note=note
     )
 
 

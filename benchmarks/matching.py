@@ -26,6 +26,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="latents per SAE")
     parser.add_argument("--d", type=int, default=None, help="input width")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--similar",
+        type=float,
+        default=None,
+        help="B = A permuted plus this much noise (a trained-seeds-like case) instead of random",
+    )
     args = parser.parse_args()
     n = args.n or (2048 if args.quick else 16_384)
     d = args.d or (128 if args.quick else 512)
@@ -33,6 +39,8 @@ def main() -> None:
 
     gen = torch.Generator().manual_seed(args.seed)
     dec_a, dec_b = random_unit(n, d, gen), random_unit(n, d, gen)
+    if args.similar is not None:
+        dec_b = dec_a[torch.randperm(n, generator=gen)] + args.similar * dec_b
     t0 = time.perf_counter()
     sim = cosine_matrix(dec_a, dec_b)
     t_cos = time.perf_counter() - t0
@@ -48,7 +56,8 @@ def main() -> None:
     t_scipy = time.perf_counter() - t0
     ref = float(sim64[r_s, c_s].mean())
 
-    print(f"PW-MCC matching, two random SAEs: n={n} latents, d={d}, seed={args.seed}")
+    case = "random" if args.similar is None else f"B = permuted A + {args.similar} x noise"
+    print(f"PW-MCC matching, two SAEs ({case}): n={n} latents, d={d}, seed={args.seed}")
     print(f"  cosine matrix (shared):        {t_cos:8.2f} s")
     print(f"  husai certified sparse solver: {t_ours:8.2f} s   PW-MCC {ours:.9f}")
     print(f"  scipy linear_sum_assignment:   {t_scipy:8.2f} s   PW-MCC {ref:.9f}")

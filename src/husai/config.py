@@ -18,6 +18,7 @@ dotted field path and what was expected.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
@@ -271,6 +272,16 @@ class SweepConfig(_Frozen):
     """Hook points whose activations the SAEs are trained on."""
     checkpoints: Annotated[list[str], Field(min_length=1)] = ["final"]
     """Transformer checkpoints: 'final' or 'step_<n>'."""
+    sae_train: dict[str, Any] = {}
+    """Overrides of the study's sae_train for this grid only (e.g. {steps: 800})."""
+
+    @field_validator("sae_train")
+    @classmethod
+    def _valid_overrides(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(SAETrainConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown sae_train field(s) {unknown}")
+        return v
 
     @model_validator(mode="after")
     def _k_fits(self) -> SweepConfig:
@@ -315,7 +326,12 @@ class ExperimentConfig(_Frozen):
 M = TypeVar("M", bound=BaseModel)
 
 
-def load_config(cls: type[M], path: str | Path, overrides: list[str] | None = None) -> M:
+def load_config(
+    cls: type[M],
+    path: str | Path,
+    overrides: list[str] | None = None,
+    preprocess: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
+) -> M:
     """Read YAML (or JSON) at ``path`` into ``cls``, applying ``key.path=value`` overrides."""
     path = Path(path)
     if not path.is_file():
@@ -328,7 +344,25 @@ def load_config(cls: type[M], path: str | Path, overrides: list[str] | None = No
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return validate_dict(cls, apply_overrides(raw, overrides or [], source=str(path)), str(path))
+    raw = apply_overrides(raw, overrides or [], source=str(path))
+    if preprocess is not None:
+        raw = preprocess(raw, path)
+    return validate_dict(cls, raw, str(path))
+
+
+def _inline_model_config(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Copy task/model/train from the study's ``transformer_config`` file (explicit keys win)."""
+    ref = raw.get("transformer_config")
+    if not isinstance(ref, str):
+        return raw
+    target = (path.parent / ref) if not Path(ref).is_absolute() else Path(ref)
+    if not target.is_file():
+        raise ConfigError(f"{path}: transformer_config: file not found: {target}")
+    model_cfg = load_config(ExperimentConfig, target)
+    out = dict(raw)
+    for key in ("task", "model", "train"):
+        out.setdefault(key, getattr(model_cfg, key).model_dump(mode="json"))
+    return out
 
 
 def validate_dict(cls: type[M], raw: dict[str, Any], source: str) -> M:
@@ -419,20 +453,40 @@ class StudyConfig(_Frozen):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
     """Study name; the run store is runs/<name>/ unless --out is given."""
-    model_dir: str | None = "artifacts/default_model"
+    transformer_run: str | None = "artifacts/default_model"
     """A trained model run to reuse if its task/model/train config matches; else the model is trained."""
+    transformer_config: str | None = None
+    """A model config YAML (relative to the study file) whose task/model/train this study uses."""
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     sae_train: SAETrainConfig = SAETrainConfig()
-    grid: SweepConfig = SweepConfig()
+    grid: Annotated[list[SweepConfig], Field(min_length=1)] = [SweepConfig()]
+    """A list of grids whose units are all run (e.g. one per hook); a single mapping is one grid."""
     metrics: StudyMetricsConfig = StudyMetricsConfig()
     report: ReportConfig = ReportConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _one_grid_is_a_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @property
+    def grids(self) -> list[SweepConfig]:
+        return list(self.grid)
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(dict.fromkeys(h for g in self.grids for h in g.hooks))
+
+    @property
+    def checkpoints(self) -> list[str]:
+        return list(dict.fromkeys(c for g in self.grids for c in g.checkpoints))
+
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
-        return load_config(cls, path, overrides)
+        return load_config(cls, path, overrides, preprocess=_inline_model_config)
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

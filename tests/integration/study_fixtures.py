@@ -8,7 +8,7 @@ import yaml
 
 TINY = {
     "name": "tiny",
-    "model_dir": None,
+    "transformer_run": None,
     "task": {"modulus": 17, "train_fraction": 0.5, "data_seed": 1},
     "model": {"d_model": 32, "n_heads": 2, "d_head": 16, "d_mlp": 64, "seed": 3},
     "train": {"steps": 30, "lr": 0.003, "n_checkpoints": 3, "log_every": 10},

@@ -41,11 +41,11 @@ def test_unit_id_is_a_content_hash() -> None:
 
 
 def test_invalid_grid_value_fails_before_training() -> None:
-    with pytest.raises(ConfigError, match=r"grid: expected every k <= every width"):
+    with pytest.raises(ConfigError, match=r"study.yaml: grid\.0: expected every k <= every width"):
         _validate({"archs": ["topk"], "widths": [8], "k": [16]})
-    with pytest.raises(ConfigError, match=r"grid\.l0_coefficient\.0"):
+    with pytest.raises(ConfigError, match=r"grid\.0\.l0_coefficient\.0"):
         _validate({"archs": ["jumprelu"], "l0_coefficient": [-1.0]})
-    with pytest.raises(UserError, match=r"grid\.k: expected at least one value"):
+    with pytest.raises(UserError, match=r"grid\.0\.k: expected at least one value"):
         expand_grid(_study(archs=["topk"], k=[]))
 
 

@@ -80,22 +80,37 @@ def hook_slug(hook: str) -> str:
 
 def expand_grid(study: StudyConfig) -> list[Unit]:
     """All units of the study's grid, in a fixed order; raises UserError on any invalid value."""
-    grid = study.grid
     units = []
-    for hook in grid.hooks:
-        for checkpoint in grid.checkpoints:
-            for arch in grid.archs:
-                for width in grid.widths:
-                    cfgs = tuple(
-                        _sae_cfg(arch, width, value, f"grid.{SPARSITY_FIELD[arch]}")
-                        for value in getattr(grid, SPARSITY_FIELD[arch])
-                    )
-                    if not cfgs:
-                        raise UserError(
-                            f"grid.{SPARSITY_FIELD[arch]}: expected at least one value for arch {arch!r}"
-                        )
-                    units.append(Unit(arch, width, hook, checkpoint, cfgs, study.sae_train))
+    for g_idx, grid in enumerate(study.grids):
+        where = f"grid.{g_idx}"
+        sae_train = _sae_train(study.sae_train, grid.sae_train, where)
+        for hook in grid.hooks:
+            for checkpoint in grid.checkpoints:
+                for arch in grid.archs:
+                    for width in grid.widths:
+                        field = SPARSITY_FIELD[arch]
+                        values = getattr(grid, field)
+                        if not values:
+                            raise UserError(
+                                f"{where}.{field}: expected at least one value for arch {arch!r}"
+                            )
+                        cfgs = tuple(_sae_cfg(arch, width, v, f"{where}.{field}") for v in values)
+                        units.append(Unit(arch, width, hook, checkpoint, cfgs, sae_train))
+    ids = [json.dumps(u.content(), sort_keys=True) for u in units]
+    if len(set(ids)) != len(ids):
+        raise UserError("grid: the grids repeat a unit (same arch, width, hook and checkpoint)")
     return units
+
+
+def _sae_train(base: SAETrainConfig, overrides: dict[str, Any], where: str) -> SAETrainConfig:
+    if not overrides:
+        return base
+    try:
+        return SAETrainConfig.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{where}.sae_train.{loc}: {first['msg']}") from None
 
 
 def _sae_cfg(arch: str, width: int, value: float, where: str) -> Any:

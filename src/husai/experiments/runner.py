@@ -108,15 +108,16 @@ def ensure_model(study: StudyConfig, store: RunStore) -> Path:
 
     cfg = study.model_experiment()
     model_dir = None
-    if study.model_dir:
-        candidate = _resolve(study.model_dir)
+    if study.transformer_run:
+        candidate = _resolve(study.transformer_run)
         if candidate is None:
-            log.warning("model_dir %s not found; training the model", study.model_dir)
+            log.warning("transformer_run %s not found; training the model", study.transformer_run)
         elif config_fingerprint(load_run_config(candidate)) == config_fingerprint(cfg):
             model_dir = candidate
         else:
             log.warning(
-                "model_dir %s was trained with another config; training a new model", candidate
+                "transformer_run %s was trained with another config; training a new model",
+                candidate,
             )
     if model_dir is None:
         model_dir = train_model(cfg, store.root)
@@ -134,15 +135,15 @@ def ensure_activations(
     from husai.activations import extract_to_dirs
 
     out = {}
-    for checkpoint in study.grid.checkpoints:
+    for checkpoint in study.checkpoints:
         paths = extract_to_dirs(
             model_dir,
-            list(study.grid.hooks),
+            study.hooks,
             store.root / "activations" / checkpoint,
             checkpoint=checkpoint,
         )
         out.update(
-            {(checkpoint, hook): path for hook, path in zip(study.grid.hooks, paths, strict=True)}
+            {(checkpoint, hook): path for hook, path in zip(study.hooks, paths, strict=True)}
         )
     return out
 

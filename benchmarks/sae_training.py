@@ -5,7 +5,9 @@ d_in 128, d_sae 1024, batch 4096, 8 seeds; TopK k=32 and ReLU-L1). SAELens train
 SAE per ``SAETrainer`` (its ``MultiSAETrainer`` loops over SAEs one after another, so
 this is its batched cost too); HUSAI trains all seeds in one group. Rounds alternate
 between the two to share the noise of a busy machine; the median step time of each
-is reported as SAE-steps per second, with the ratio HUSAI / SAELens.
+is reported as SAE-steps per second, with the ratio HUSAI / SAELens (and the ratio of
+mean step times). Each round times one HUSAI group step and one step of each SAELens
+trainer, so load bursts on a shared machine hit both sides alike.
 
 Neither run has dead latents in these short timings (dead windows are longer than the
 run), so the AuxK loss is off on both sides.
@@ -75,22 +77,7 @@ def _saelens_trainer(kind: str, args, seed: int, acts: torch.Tensor):
     return SAETrainer(cfg=cfg, sae=sae, data_provider=batches())
 
 
-def _time_saelens(kind: str, args, acts: torch.Tensor) -> list[float]:
-    """Seconds per SAE-step, one value per seed (each after one warm-up step)."""
-    out = []
-    for seed in range(args.seeds):
-        trainer = _saelens_trainer(kind, args, seed, acts)
-        trainer.step(next(trainer.data_provider))
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            trainer.step(next(trainer.data_provider))
-            trainer.n_training_steps += 1
-        out.append((time.perf_counter() - t0) / args.steps)
-    return out
-
-
-def _time_husai(kind: str, args, acts: torch.Tensor) -> float:
-    """Seconds per SAE-step for one group of ``seeds`` models (after one warm-up step)."""
+def _husai_trainer(kind: str, args, acts: torch.Tensor):
     from husai.config import ReluSAEConfig, SAETrainConfig, TopKSAEConfig
     from husai.saes.trainer import _GroupTrainer
 
@@ -109,27 +96,52 @@ def _time_husai(kind: str, args, acts: torch.Tensor) -> float:
         n_snapshots=0,
         plateau_tol=0.0,
     )
-    trainer = _GroupTrainer(acts, [cfg], train_cfg, None)
-    trainer.train_step()
+    return _GroupTrainer(acts, [cfg], train_cfg, None)
+
+
+def _timed(fn) -> float:
     t0 = time.perf_counter()
-    for _ in range(args.steps):
-        trainer.train_step()
-        trainer.step += 1
-    return (time.perf_counter() - t0) / args.steps / args.seeds
+    fn()
+    return time.perf_counter() - t0
+
+
+def _measure(kind: str, args, acts: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Seconds per SAE-step: SAELens (one sample per SAE per round) and HUSAI (one group
+    step per round, divided by the number of models). Rounds interleave the two, so a
+    burst of load on the shared machine hits both."""
+    lens = [_saelens_trainer(kind, args, seed, acts) for seed in range(args.seeds)]
+    ours = _husai_trainer(kind, args, acts)
+
+    def lens_step(trainer) -> None:
+        trainer.step(next(trainer.data_provider))
+        trainer.n_training_steps += 1
+
+    def our_step() -> None:
+        ours.train_step()
+        ours.step += 1
+
+    for trainer in lens:  # warm-up
+        lens_step(trainer)
+    our_step()
+    t_lens, t_ours = [], []
+    for _ in range(args.rounds):
+        t_ours.append(_timed(our_step) / args.seeds)
+        t_lens += [_timed(lambda tr=tr: lens_step(tr)) for tr in lens]
+    return t_lens, t_ours
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
     p.add_argument("--kinds", default="topk,relu")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     sizes = (
-        dict(d_in=16, d_sae=64, batch=256, seeds=2, steps=2, k=4)
+        dict(d_in=16, d_sae=64, batch=256, seeds=2, k=4)
         if args.quick
-        else dict(d_in=128, d_sae=1024, batch=4096, seeds=8, steps=3, k=32)
+        else dict(d_in=128, d_sae=1024, batch=4096, seeds=8, k=32)
     )
     for k, v in sizes.items():
         setattr(args, k, v)
@@ -138,23 +150,23 @@ def main() -> None:
     acts = _acts(16 * args.batch if not args.quick else 2048, args.d_in)
     results = {}
     for kind in args.kinds.split(","):
-        lens, ours = [], []
-        for _ in range(args.rounds):
-            lens += _time_saelens(kind, args, acts)
-            ours.append(_time_husai(kind, args, acts))
+        lens, ours = _measure(kind, args, acts)
         s_lens, s_ours = statistics.median(lens), statistics.median(ours)
         results[kind] = {
             "saelens_sae_steps_per_s": 1 / s_lens,
             "husai_sae_steps_per_s": 1 / s_ours,
             "ratio": s_lens / s_ours,
+            "ratio_of_means": statistics.mean(lens) / statistics.mean(ours),
             "saelens_ms_per_sae_step": 1000 * s_lens,
             "husai_ms_per_sae_step": 1000 * s_ours,
+            "rounds": args.rounds,
         }
         r = results[kind]
         print(
             f"{kind:5s} SAELens {r['saelens_sae_steps_per_s']:8.2f} SAE-steps/s "
             f"({r['saelens_ms_per_sae_step']:.1f} ms)  HUSAI {r['husai_sae_steps_per_s']:8.2f} "
-            f"SAE-steps/s ({r['husai_ms_per_sae_step']:.1f} ms)  ratio {r['ratio']:.2f}x"
+            f"SAE-steps/s ({r['husai_ms_per_sae_step']:.1f} ms)  ratio {r['ratio']:.2f}x "
+            f"(of means {r['ratio_of_means']:.2f}x)"
         )
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

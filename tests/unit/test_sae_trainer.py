@@ -234,3 +234,21 @@ def test_per_model_adam_matches_torch_adam() -> None:
     assert torch.allclose(ours["w"][0], ref[0].detach(), atol=1e-6)
     assert torch.allclose(ours["w"][1], ref[1].detach(), atol=1e-6)
     assert torch.equal(ours["w"][2], w[2])  # inactive model untouched
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu", "matryoshka"])
+def test_bit_identity_at_realistic_width(arch: str) -> None:
+    """Wide dictionaries take different BLAS / reduction paths than the tiny tests above."""
+    gen = torch.Generator().manual_seed(0)
+    acts = torch.randn(2048, 64, generator=gen)
+    cfgs = {
+        "topk": [TopKSAEConfig(d_sae=1024, k=8), TopKSAEConfig(d_sae=1024, k=4)],
+        "relu": [ReluSAEConfig(d_sae=1024, l1_coefficient=0.1)],
+        "matryoshka": [MatryoshkaSAEConfig(d_sae=1024, k=8)],
+    }[arch]
+    tc = _tc(steps=3, batch_size=512, dead_window=512, warmup_steps=0)
+    group = train_group(acts, cfgs, tc.model_copy(update={"init_seeds": [0, 1]}))
+    alone = train_group(acts, [cfgs[-1]], tc.model_copy(update={"init_seeds": [1]}))
+    last = group.sae.n_models - 1
+    for k, p in alone.sae.params.items():
+        assert torch.equal(group.sae.params[k][last], p[0]), k

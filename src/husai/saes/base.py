@@ -177,6 +177,13 @@ def init_models(arch: Architecture, d_in: int, seeds: list[int]) -> BatchedSAE:
     return BatchedSAE(arch, params, buffers)
 
 
+def per_model_mv(A_NDS: Tensor, v_NS: Tensor) -> Tensor:
+    """``A[n] @ v[n]`` for each model, one matrix-vector product per model: a batched
+    ``bmm`` of [N, D, S] @ [N, S, 1] gave different bits for N = 1 and N > 1 (MKL picks a
+    different kernel), which broke batched == alone at d_sae 1024."""
+    return torch.stack([A_NDS[n] @ v_NS[n] for n in range(A_NDS.shape[0])])
+
+
 def mse_per_model(recon_NBD: Tensor, x_NBD: Tensor) -> Tensor:
     """Squared error summed over d_in, averaged over the batch: ``[N]``."""
     return (recon_NBD - x_NBD).pow(2).sum(-1).mean(-1)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from husai.saes.base import Architecture, BatchedSAE, TrainOut
+from husai.saes.base import Architecture, BatchedSAE, TrainOut, per_model_mv
 
 
 class ReluSAEFn(torch.autograd.Function):
@@ -59,7 +59,7 @@ class ReluSAEFn(torch.autograd.Function):
         g_pre_NBS.masked_fill_(codes_NBS <= 0, 0.0)
         dW_enc = torch.bmm(x_in_NBD.transpose(1, 2), g_pre_NBS)
         db_enc = g_pre_NBS.sum(1)
-        db_dec = g_err_NBD.sum(1) - torch.bmm(W_enc, db_enc[:, :, None])[:, :, 0]
+        db_dec = g_err_NBD.sum(1) - per_model_mv(W_enc, db_enc)
         return None, dW_enc, db_enc, dW_dec, db_dec
 
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from husai.saes.base import per_model_mv
+
 
 class LatentSorter:
     """Per-model (sample, latent) pairs sorted by latent, computed once per index tensor."""
@@ -86,7 +88,7 @@ class SparseEncode(torch.autograd.Function):
             dW_enc_NSD[n] = sorter.segment_sum(n, x_in_NBD[n], dvals_NBK[n])
             db_enc[n] = sorter.segment_sum(n, ones_B1, dvals_NBK[n])[:, 0]
         dW_enc = dW_enc_NSD.transpose(1, 2).contiguous()
-        db_dec = -torch.bmm(W_enc_NDS, db_enc[:, :, None])[:, :, 0]
+        db_dec = -per_model_mv(W_enc_NDS, db_enc)
         return None, db_dec, dW_enc, db_enc, None, None, None
 
 

@@ -170,3 +170,26 @@ def test_evaluate_known_values() -> None:
     assert m0["mse"] == pytest.approx(float(x.pow(2).mean()))
     batched = evaluate(_identity_sae(), x)
     assert batched["l0"] == [pytest.approx(3.0)] and batched["alive_mask"].shape == (1, 10)
+
+
+def test_spliced_loss_of_exact_sae_recovers_all_loss() -> None:
+    transformer_lens = pytest.importorskip("transformer_lens")
+    from husai.saes.evaluate import spliced_loss
+
+    torch.manual_seed(0)
+    model = transformer_lens.HookedTransformer(
+        transformer_lens.HookedTransformerConfig(
+            n_layers=1, d_model=4, n_ctx=3, d_head=2, n_heads=2, d_mlp=8, d_vocab=7, act_fn="relu"
+        )
+    )
+    tokens = torch.randint(0, 7, (20, 3))
+    labels = torch.randint(0, 7, (20,))
+    exact = spliced_loss(
+        model, tokens, labels, "blocks.0.hook_resid_post", _identity_sae().select(0)
+    )
+    assert exact["spliced_loss"] == pytest.approx(exact["clean_loss"], abs=1e-6)
+    assert exact["loss_recovered"] == pytest.approx(1.0, abs=1e-6)
+    broken = _identity_sae()
+    broken.params["W_dec"].zero_()  # reconstruction = b_dec = 0: the zero ablation
+    zero = spliced_loss(model, tokens, labels, "blocks.0.hook_resid_post", broken)
+    assert zero["loss_recovered"] == pytest.approx(0.0, abs=1e-6)

@@ -50,16 +50,26 @@ def test_loaded_model_generalises_and_is_a_fourier_circuit(model):
     assert fourier["top8_share_we"] >= 0.9
 
 
-@pytest.mark.parametrize(
-    "hook,min_r2", [("blocks.0.hook_resid_post", 0.8), ("blocks.0.mlp.hook_post", 0.8)]
-)
-def test_key_planes_explain_the_final_position(model, hook, min_r2):
+def _planes(model, hook):
     data = make_dataset(load_run_config(RUN).task)
     with torch.no_grad():
         _, cache = model.run_with_cache(data.tokens, names_filter=[hook])
     key_freqs = json.loads((RUN / "fourier.json").read_text())["key_freqs"]
-    planes = fit_planes(cache[hook][:, -1], data.pairs, 113, key_freqs)
-    assert planes.key_r2_total >= min_r2
+    return fit_planes(cache[hook][:, -1], data.pairs, 113, key_freqs)
+
+
+def test_key_planes_explain_the_residual_stream_mostly_through_a_plus_b(model):
+    planes = _planes(model, "blocks.0.hook_resid_post")
+    assert planes.key_r2_total >= 0.95
+    assert planes.r2_by_variable()["a+b"] >= 0.8
+
+
+def test_mlp_key_planes_need_the_a_minus_b_planes(model):
+    planes = _planes(model, "blocks.0.mlp.hook_post")
+    by_var = planes.r2_by_variable()
+    assert planes.key_r2_total >= 0.9
+    assert by_var["a-b"] >= 0.02
+    assert min(by_var["a"], by_var["b"]) >= 0.2
 
 
 @pytest.mark.slow

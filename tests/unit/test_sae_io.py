@@ -193,3 +193,12 @@ def test_spliced_loss_of_exact_sae_recovers_all_loss() -> None:
     broken.params["W_dec"].zero_()  # reconstruction = b_dec = 0: the zero ablation
     zero = spliced_loss(model, tokens, labels, "blocks.0.hook_resid_post", broken)
     assert zero["loss_recovered"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_evaluate_is_independent_of_chunking(groups) -> None:
+    x = _acts(100) * 7.0
+    whole = evaluate(groups["topk"].sae, x)
+    chunked = evaluate(groups["topk"].sae, x, batch_size=7)
+    for key in ("explained_variance", "mse", "l0", "dead_fraction"):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-9)
+    assert torch.equal(chunked["alive_mask"], whole["alive_mask"])

@@ -36,6 +36,8 @@ def evaluate(
     else:
         single = not isinstance(sae, BatchedSAE)
     acts_ND = acts_ND.detach().float()
+    n_models = sae.n_models if isinstance(sae, BatchedSAE) else 1
+    batch_size = max(1, min(batch_size, 2**25 // (n_models * sae.W_enc.shape[-1])))
     mean_D = acts_ND.double().mean(0)
     sse = sst = l0 = None
     fired = None

@@ -200,5 +200,5 @@ def test_evaluate_is_independent_of_chunking(groups) -> None:
     whole = evaluate(groups["topk"].sae, x)
     chunked = evaluate(groups["topk"].sae, x, batch_size=7)
     for key in ("explained_variance", "mse", "l0", "dead_fraction"):
-        assert chunked[key] == pytest.approx(whole[key], rel=1e-9)
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-6)
     assert torch.equal(chunked["alive_mask"], whole["alive_mask"])

@@ -41,3 +41,23 @@ def test_unknown_hook_lists_valid_ones(setup):
     model, tokens, labels = setup
     with pytest.raises(UserError, match="valid hooks: .*blocks.0.hook_resid_post"):
         loss_with_replacement(model, tokens, labels, "blocks.0.hook_nope", lambda x: x)
+
+
+def test_reference_reuses_clean_and_ablated_losses() -> None:
+    """With ``reference`` only the spliced run is new; every number matches a full call."""
+    from husai.config import ModelConfig, TaskConfig
+    from husai.model.build import build_model
+    from husai.model.splice import loss_with_replacement
+    from husai.tasks import make_dataset
+
+    task = TaskConfig(modulus=7)
+    model = build_model(task, ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32)).eval()
+    data = make_dataset(task)
+    hook = "blocks.0.hook_resid_post"
+    first = loss_with_replacement(model, data.tokens, data.labels, hook, lambda x: 0.5 * x)
+    full = loss_with_replacement(model, data.tokens, data.labels, hook, lambda x: 0.9 * x)
+    reused = loss_with_replacement(
+        model, data.tokens, data.labels, hook, lambda x: 0.9 * x, reference=first
+    )
+    assert reused == full
+    assert reused["spliced_loss"] != first["spliced_loss"]

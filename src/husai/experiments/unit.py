@@ -78,10 +78,12 @@ def _execute(payload: UnitPayload) -> UnitResult:
     unit, acts_ND = payload.unit, payload.acts_ND
     group = train_group(acts_ND, list(unit.sae_cfgs), unit.sae_train)
     init_sae = init_group(acts_ND.shape[1], list(unit.sae_cfgs), unit.sae_train)
-    model = _load_model(payload)
+    model, loss_cache = _load_model(payload), {}
     saes, codes, alive = [], {}, {}
     for idx, (cfg, seed) in enumerate(group.members):
-        record, codes[idx], alive[idx] = _measure_sae(payload, group, idx, cfg, seed, model)
+        record, codes[idx], alive[idx] = _measure_sae(
+            payload, group, idx, (cfg, seed), model, loss_cache
+        )
         saes.append(record)
     pairs = _pair_rows(unit, payload, group.sae, init_sae, codes, alive)
     dynamics = _dynamics_rows(unit, payload, group.snapshots)
@@ -99,12 +101,17 @@ def _execute(payload: UnitPayload) -> UnitResult:
 
 
 def _measure_sae(
-    payload: UnitPayload, group: Any, idx: int, cfg: Any, seed: int, model: Any
+    payload: UnitPayload,
+    group: Any,
+    idx: int,
+    member: tuple[Any, int],
+    model: Any,
+    loss_cache: dict,
 ) -> tuple[dict[str, Any], Tensor, Tensor]:
     """Evaluation, loss recovered and ground truth for model ``idx``; its files as bytes."""
     from husai.saes import evaluate, load_sae, save_sae
 
-    unit = payload.unit
+    unit, (cfg, seed) = payload.unit, member
     sparsity = float(getattr(cfg, unit.sparsity_name))
     sae_id = f"{unit.sparsity_name}{sparsity:g}-seed{seed}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +125,7 @@ def _measure_sae(
     with torch.no_grad():
         codes_NS = single.encode(payload.acts_ND)
     if model is not None:
-        ev.update(_loss_recovered(model, payload, single))
+        ev.update(_loss_recovered(model, payload, single, loss_cache))
     record = {
         "sae_id": sae_id,
         "arch": unit.arch,
@@ -152,7 +159,10 @@ def _load_model(payload: UnitPayload) -> Any:
     return model.eval()
 
 
-def _loss_recovered(model: Any, payload: UnitPayload, sae: Any) -> dict[str, float]:
+def _loss_recovered(
+    model: Any, payload: UnitPayload, sae: Any, cache: dict[str, Any]
+) -> dict[str, float]:
+    """Loss with the SAE spliced in; clean and ablated losses are computed once per unit."""
     from husai.model.splice import loss_with_replacement
 
     with torch.no_grad():
@@ -162,7 +172,9 @@ def _loss_recovered(model: Any, payload: UnitPayload, sae: Any) -> dict[str, flo
             payload.labels,
             payload.unit.hook,
             lambda x: sae.decode(sae.encode(x)),
+            reference=cache.get("reference"),
         )
+    cache["reference"] = out
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
 
 

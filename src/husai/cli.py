@@ -87,14 +87,22 @@ def extract(
 @app.command("train-saes")
 def train_saes(
     config: Path = typer.Argument(..., help="Experiment YAML (sae, sae_train)."),
-    activations: Path = typer.Option(..., help="An activation directory from `husai extract`."),
+    activations: Optional[Path] = typer.Option(
+        None,
+        help="An activation directory from `husai extract` (default: the committed model's, at the config's hook).",
+    ),
     out: Path = typer.Option(Path("runs/saes"), help="Parent directory; one subdirectory per SAE."),
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Train one batched group of SAEs (every seed at once) and write one directory per SAE."""
-    for path in _call(
-        "husai.saes.api", "train_saes_from_config", _load(config, set_), activations, out
-    ):
+    cfg = _load(config, set_)
+    if activations is None:
+        model_dir = Path(__file__).resolve().parents[2] / "artifacts" / "default_model"
+        (activations,) = _call(
+            "husai.activations", "extract_to_dirs", model_dir, [cfg.hook], Path("runs/activations")
+        )
+        print(f"activations: {activations}")
+    for path in _call("husai.saes.api", "train_saes_from_config", cfg, activations, out):
         print(f"sae: {path}")
 
 

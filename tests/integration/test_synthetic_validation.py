@@ -56,7 +56,6 @@ def test_short_training_beats_random_baseline() -> None:
     assert min(gts) > base + 10 * std and min(pws) > base + 10 * std
 
 
-@pytest.mark.slow
 def test_topk_recovers_the_truth_and_relu_is_reported() -> None:
     dec, truth = _train(TopKSAEConfig(d_sae=32, k=3), steps=STEPS)
     gts, pws = _scores(dec, truth)

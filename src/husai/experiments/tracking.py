@@ -42,14 +42,16 @@ def log_unit(
     hist = result.history or {}
     steps = hist.get("step", [])
     for i, step in enumerate(steps):
-        run.log(
-            {
-                k: v[i]
-                for k, v in hist.items()
-                if k != "step" and isinstance(v, list) and len(v) > i
-            },
-            step=int(step),
-        )
+        row: dict[str, float] = {}
+        for key, series in hist.items():
+            if key == "step" or not isinstance(series, list) or len(series) <= i:
+                continue
+            value = series[i]
+            if isinstance(value, list):  # one value per model of the group
+                row.update({f"{key}/model_{m}": float(v) for m, v in enumerate(value)})
+            else:
+                row[key] = float(value)
+        run.log(row, step=int(step))
     summary: dict[str, Any] = {
         "status": result.status,
         "steps": result.steps,

@@ -76,7 +76,9 @@ def _execute(payload: UnitPayload) -> UnitResult:
     from husai.saes import init_group, train_group
 
     unit, acts_ND = payload.unit, payload.acts_ND
+    t0 = time.perf_counter()
     group = train_group(acts_ND, list(unit.sae_cfgs), unit.sae_train)
+    train_s = time.perf_counter() - t0
     init_sae = init_group(acts_ND.shape[1], list(unit.sae_cfgs), unit.sae_train)
     model, loss_cache = _load_model(payload), {}
     saes, codes, alive = [], {}, {}
@@ -95,7 +97,11 @@ def _execute(payload: UnitPayload) -> UnitResult:
         snapshots=snapshots,
         pairs=pairs,
         dynamics=dynamics,
-        history=_plain(group.history),
+        history={
+            **_plain(group.history),
+            "train_s": train_s,
+            "measure_s": time.perf_counter() - t0 - train_s,
+        },
         steps=int(group.steps),
     )
 

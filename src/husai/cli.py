@@ -122,18 +122,20 @@ def analyze(
     print(f"json: {out}")
 
 
-@app.command("sweep")
-def sweep(
-    study: Path = typer.Argument(..., help="Study YAML."),
-    out: Optional[Path] = typer.Option(
-        None, help="Run store directory (default runs/<study-name>)."
-    ),
-    executor: str = typer.Option("local", help="'local' or 'ray'."),
-    address: Optional[str] = typer.Option(None, help="Ray address: auto or ray://host:port."),
-    set_: Optional[list[str]] = SetOpt,
-) -> None:
-    """Run a study's SAE grid (resumable) and write results tables, without the report."""
-    run_dir = _call(
+StudyOut = typer.Option(None, "--out", help="Run store directory (default runs/<study-name>).")
+ExecutorOpt = typer.Option("local", "--executor", help="'local' or 'ray'.")
+AddressOpt = typer.Option(None, "--address", help="Ray address: auto or ray://host:port.")
+
+
+def _study(
+    study: Path,
+    out: Path | None,
+    executor: str,
+    address: str | None,
+    set_: list[str] | None,
+    report: bool,
+) -> Any:
+    return _call(
         "husai.experiments",
         "run_study",
         study,
@@ -141,9 +143,20 @@ def sweep(
         executor=executor,
         address=address,
         overrides=set_ or [],
-        report=False,
+        report=report,
     )
-    print(f"study: {run_dir}")
+
+
+@app.command("sweep")
+def sweep(
+    study: Path = typer.Argument(..., help="Study YAML."),
+    out: Optional[Path] = StudyOut,
+    executor: str = ExecutorOpt,
+    address: Optional[str] = AddressOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Run a study's SAE grid (resumable) and write results tables, without the report."""
+    print(f"study: {_study(study, out, executor, address, set_, report=False)}")
 
 
 @app.command("report")
@@ -156,25 +169,13 @@ def report(run_dir: Path = typer.Argument(..., help="A study run directory.")) -
 @app.command("run")
 def run(
     study: Path = typer.Argument(Path("configs/studies/default.yaml"), help="Study YAML."),
-    out: Optional[Path] = typer.Option(
-        None, help="Run store directory (default runs/<study-name>)."
-    ),
-    executor: str = typer.Option("local", help="'local' or 'ray'."),
-    address: Optional[str] = typer.Option(None, help="Ray address: auto or ray://host:port."),
+    out: Optional[Path] = StudyOut,
+    executor: str = ExecutorOpt,
+    address: Optional[str] = AddressOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """The main job: model, activations, SAEs, metrics and the report, resumably."""
-    path = _call(
-        "husai.experiments",
-        "run_study",
-        study,
-        out=out,
-        executor=executor,
-        address=address,
-        overrides=set_ or [],
-        report=True,
-    )
-    print(f"report: {path}")
+    print(f"report: {_study(study, out, executor, address, set_, report=True)}")
 
 
 @app.command("validate")

@@ -14,12 +14,7 @@ from husai.tasks import make_dataset
 HOOKS = ["blocks.0.hook_resid_post", "blocks.0.mlp.hook_post", "blocks.0.attn.hook_z"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

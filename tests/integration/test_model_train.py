@@ -18,12 +18,7 @@ from husai.tasks import make_dataset
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cfg(name="small", tracking="disabled", **train):

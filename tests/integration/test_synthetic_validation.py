@@ -8,7 +8,6 @@ the same data (at L1 = 1.0, L0 ~3.7, it also reaches >= 0.9). The quick test tra
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from itertools import combinations
 
 import numpy as np
@@ -25,12 +24,7 @@ STEPS, LR, BATCH = 3000, 1e-2, 256  # 3000 steps: GT-MCC 0.95, PW-MCC 0.93 (mean
 L1 = 1.0  # L0 ~3.7 on this data; 0.01 leaves L0 ~31 (GT-MCC 0.68), 0.3 gives 0.89
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(sae_cfg, steps: int, n_samples: int = 50_000) -> tuple[torch.Tensor, torch.Tensor]:

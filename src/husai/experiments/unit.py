@@ -134,12 +134,7 @@ def _measure_sae(
         ev.update(_loss_recovered(model, payload, single, loss_cache))
     record = {
         "sae_id": sae_id,
-        "arch": unit.arch,
-        "d_sae": unit.d_sae,
-        "hook": unit.hook,
-        "checkpoint": unit.checkpoint,
-        "sparsity_name": unit.sparsity_name,
-        "sparsity": sparsity,
+        **_group_cols(payload, sparsity),
         "seed": int(seed),
         "steps": int(group.steps),
         "converged_step": group.converged_step[idx],
@@ -221,13 +216,7 @@ def _pair_rows(
             for name, mv in vals.items():
                 rows.append(
                     {
-                        "group_id": _group_id(payload.unit_id, sparsity),
-                        "arch": unit.arch,
-                        "d_sae": unit.d_sae,
-                        "hook": unit.hook,
-                        "checkpoint": unit.checkpoint,
-                        "sparsity_name": unit.sparsity_name,
-                        "sparsity": sparsity,
+                        **_group_cols(payload, sparsity),
                         "seed_a": int(seeds[i]),
                         "seed_b": int(seeds[j]),
                         "metric": name,
@@ -275,13 +264,7 @@ def _dynamics_rows(
             )
             rows.append(
                 {
-                    "group_id": _group_id(payload.unit_id, sparsity),
-                    "arch": unit.arch,
-                    "d_sae": unit.d_sae,
-                    "hook": unit.hook,
-                    "checkpoint": unit.checkpoint,
-                    "sparsity_name": unit.sparsity_name,
-                    "sparsity": sparsity,
+                    **_group_cols(payload, sparsity),
                     "step": int(step),
                     "metric": "pw_mcc",
                     "value": float(sum(vals) / len(vals)),
@@ -293,6 +276,20 @@ def _dynamics_rows(
 
 def _group_id(unit_id: str, sparsity: float) -> str:
     return f"{unit_id}/{sparsity:g}"
+
+
+def _group_cols(payload: UnitPayload, sparsity: float) -> dict[str, Any]:
+    """The columns that identify a group (one sparsity value of a unit) in every table."""
+    unit = payload.unit
+    return {
+        "group_id": _group_id(payload.unit_id, sparsity),
+        "arch": unit.arch,
+        "d_sae": unit.d_sae,
+        "hook": unit.hook,
+        "checkpoint": unit.checkpoint,
+        "sparsity_name": unit.sparsity_name,
+        "sparsity": sparsity,
+    }
 
 
 def _plain(obj: Any) -> Any:

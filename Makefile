@@ -7,6 +7,9 @@ STAMP := $(VENV)/.husai-installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
+# Slow tests (full default-model retrain, grokking over seeds, SAELens benchmark smoke) are
+# left out by default; `make test PYTEST_ARGS=` runs everything.
+PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: run test check lint format bench install clean
 

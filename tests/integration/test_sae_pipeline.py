@@ -44,7 +44,7 @@ def test_train_saes_writes_loadable_dirs(arch, acts_dir, tmp_path) -> None:
         }
     )
     dirs = train_saes_from_config(cfg, acts_dir, tmp_path / "out")
-    knob = {"topk": "k4", "relu": "l1_coefficient0.001", "jumprelu": "l0_coefficient0.001"}[arch]
+    knob = {"topk": "k4", "relu": "l1_coefficient0.001", "jumprelu": "l0_coefficient1"}[arch]
     assert [d.name for d in dirs] == [f"{arch}_w48_{knob}_seed{s}" for s in range(3)]
     ev = json.loads((dirs[0] / "eval.json").read_text())
     assert ev["explained_variance"] > 0.5, ev

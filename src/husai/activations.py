@@ -27,11 +27,10 @@ from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file
 from torch import Tensor
 
 from husai.errors import UserError
-from husai.io import atomic_save_safetensors, atomic_write_json
+from husai.io import atomic_save_safetensors, atomic_write_json, load_safetensors
 from husai.model.fourier import FourierPlanes, effective_rank, fit_planes
 
 log = logging.getLogger(__name__)
@@ -166,8 +165,8 @@ def load_activations(acts_dir: Path, expected_model_sha256: str | None = None) -
         raise UserError(
             f"{acts_dir}: activations come from model {meta.get('model_sha256')}, expected {expected_model_sha256}"
         )
-    acts = load_file(str(acts_dir / "acts.safetensors"))["acts"]
-    inputs = load_file(str(acts_dir / "inputs.safetensors"))
+    acts = load_safetensors(acts_dir / "acts.safetensors")["acts"]
+    inputs = load_safetensors(acts_dir / "inputs.safetensors")
     n, d = meta["n_inputs"], meta["d"]
     _expect(acts_dir, "acts", acts, (n, d), torch.float32)
     _expect(acts_dir, "pairs", inputs["pairs"], (n, 2), torch.int64)
@@ -175,7 +174,7 @@ def load_activations(acts_dir: Path, expected_model_sha256: str | None = None) -
     planes = None
     if (acts_dir / "planes.safetensors").is_file():
         planes = FourierPlanes.from_tensors(
-            load_file(str(acts_dir / "planes.safetensors")), meta["plane_variables"]
+            load_safetensors(acts_dir / "planes.safetensors"), meta["plane_variables"]
         )
         _expect(
             acts_dir,

@@ -37,3 +37,41 @@ def test_tensor_checksum_depends_on_bits_not_storage(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     assert torch.equal(load_file(str(tmp_path / "w.safetensors"))["t"], t.T)
+
+
+def test_corrupt_or_missing_safetensors_is_one_user_error(tmp_path: Path) -> None:
+    from husai.errors import UserError
+    from husai.io import load_safetensors
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="bad.safetensors: not a readable safetensors file"):
+        load_safetensors(bad)
+    with pytest.raises(UserError, match="file not found"):
+        load_safetensors(tmp_path / "none.safetensors")
+
+
+def test_cli_reports_a_corrupt_sae_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sae = tmp_path / "sae"
+    sae.mkdir()
+    (sae / "cfg.json").write_text("{}")
+    (sae / "sae_weights.safetensors").write_bytes(b"\x00" * 16)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "husai.cli",
+            "analyze",
+            str(sae),
+            str(sae),
+            "--out",
+            str(tmp_path / "a.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "sae_weights.safetensors" in proc.stderr

@@ -88,12 +88,12 @@ def analyze_dirs(
 
 
 def _load_ground_truth(acts_dir: Path, d_in: int) -> tuple[Tensor, Any, int | None]:
-    from safetensors.torch import load_file
+    from husai.io import load_safetensors
 
     acts_path = acts_dir / "acts.safetensors"
     if not acts_path.is_file():
         raise UserError(f"{acts_path}: missing (expected an activation directory)")
-    acts = load_file(str(acts_path))["acts"].float()
+    acts = load_safetensors(acts_path)["acts"].float()
     if acts.shape[1] != d_in:
         raise UserError(
             f"{acts_path}: activations have width {acts.shape[1]}, the SAEs read {d_in}"

@@ -78,12 +78,12 @@ def key_planes(planes: PlanesLike) -> Planes:
 
 def load_planes(acts_dir: str | Path) -> Planes:
     """Read ``planes.safetensors`` (+ ``meta.json`` plane variables) from an activation dir."""
-    from safetensors.torch import load_file
+    from husai.io import load_safetensors
 
     path = Path(acts_dir) / "planes.safetensors"
     if not path.is_file():
         raise UserError(f"{path}: no Fourier planes (expected an activation directory)")
-    t = load_file(str(path))
+    t = load_safetensors(path)
     meta_path = Path(acts_dir) / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     is_key = t["is_key"].bool() if "is_key" in t else None

@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from transformer_lens import HookedTransformer
 
-from husai.io import atomic_write_json
+from husai.io import atomic_write_json, load_safetensors
 from husai.model.build import final_logits
 from husai.model.fourier import (
     frequency_norms,
@@ -96,7 +95,7 @@ def write_fourier_json(
     state = {k: v.clone() for k, v in model.state_dict().items()}
     rows: dict[str, list[Any]] = {"step": []}
     for step in list_checkpoints(run_dir):
-        model.load_state_dict(load_file(str(checkpoint_file(run_dir, step))))
+        model.load_state_dict(load_safetensors(checkpoint_file(run_dir, step)))
         rows["step"].append(step)
         for k, v in progress_measures(model, data, result["key_freqs"]).items():
             rows.setdefault(k, []).append(v)

@@ -20,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformer_lens import HookedTransformer
 
 from husai.config import ExperimentConfig, load_config
@@ -82,9 +82,12 @@ def load_model(run_dir: Path, checkpoint: str = "final") -> HookedTransformer:
     """The trained transformer of ``run_dir`` as a plain HookedTransformer (eval mode)."""
     cfg = load_run_config(run_dir)
     path = weights_path(run_dir, checkpoint)
-    with safe_open(str(path), framework="pt") as f:
-        stored = (f.metadata() or {}).get(CONFIG_KEY)
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = (f.metadata() or {}).get(CONFIG_KEY)
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path}: not a readable safetensors checkpoint ({err})") from None
     if stored is not None and stored != config_fingerprint(cfg):
         raise UserError(
             f"{path}: checkpoint was written by another config than {run_dir}/config.yaml ({_first_diff(stored, config_fingerprint(cfg))})"

@@ -14,12 +14,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import Tensor
 
 from husai.config import ExperimentConfig
 from husai.errors import UserError
-from husai.io import atomic_save_safetensors, atomic_write_json
+from husai.io import atomic_save_safetensors, atomic_write_json, load_safetensors
 from husai.saes.evaluate import evaluate
 from husai.saes.io import save_sae
 from husai.saes.trainer import GroupResult, train_group
@@ -38,7 +37,7 @@ def read_activations(activations_dir: Path) -> tuple[Tensor, dict[str, Any]]:
     path = activations_dir / "acts.safetensors"
     if not path.is_file():
         raise UserError(f"{activations_dir}: not an activation dir (acts.safetensors missing)")
-    acts = load_file(str(path)).get("acts")
+    acts = load_safetensors(path).get("acts")
     if acts is None or acts.dim() != 2:
         raise UserError(f"{path}: expected a tensor 'acts' of shape [n, d]")
     return acts.float(), {}
@@ -111,7 +110,7 @@ def stack_snapshots(path: Path) -> dict[int, Tensor]:
     """Read snapshots_<id>.safetensors back as {step: W_dec [N, d_sae, d_in]}."""
     return {
         int(k[5:]): v
-        for k, v in sorted(load_file(str(path)).items(), key=lambda kv: int(kv[0][5:]))
+        for k, v in sorted(load_safetensors(path).items(), key=lambda kv: int(kv[0][5:]))
     }
 
 

@@ -156,7 +156,7 @@ class LoadedSAE:
 
 def load_sae(sae_dir: str | Path) -> LoadedSAE:
     """Read an SAE directory written by HUSAI or by SAELens (``save_model`` / inference save)."""
-    from safetensors.torch import load_file
+    from husai.io import load_safetensors
 
     sae_dir = Path(sae_dir)
     for name in (CFG_FILE, WEIGHTS_FILE):
@@ -166,7 +166,7 @@ def load_sae(sae_dir: str | Path) -> LoadedSAE:
         cfg = json.loads((sae_dir / CFG_FILE).read_text())
     except json.JSONDecodeError:
         raise UserError(f"{sae_dir / CFG_FILE}: not valid JSON") from None
-    w = {k: v.float() for k, v in load_file(str(sae_dir / WEIGHTS_FILE)).items()}
+    w = {k: v.float() for k, v in load_safetensors(sae_dir / WEIGHTS_FILE).items()}
     sl_arch = cfg.get("architecture", "standard")
     if sl_arch not in FROM_SAELENS:
         raise UserError(f"{sae_dir / CFG_FILE}: architecture {sl_arch!r} is not supported")

@@ -330,7 +330,7 @@ class _GroupTrainer:
         self.last_ckpt = self.step
 
     def _load_checkpoint(self) -> None:
-        from safetensors.torch import load_file
+        from husai.io import load_safetensors
 
         assert self.ckpt_dir is not None
         state = json.loads((self.ckpt_dir / CKPT_STATE).read_text())
@@ -339,7 +339,7 @@ class _GroupTrainer:
                 f"{self.ckpt_dir}: holds a checkpoint of other configs or activations; "
                 "use a fresh checkpoint directory"
             )
-        tensors = load_file(str(self.ckpt_dir / CKPT_TENSORS))
+        tensors = load_safetensors(self.ckpt_dir / CKPT_TENSORS)
         if sha256_tensors(tensors) != state["tensors_sha256"]:
             raise UserError(f"{self.ckpt_dir}: checkpoint tensors do not match checkpoint.json")
         with torch.no_grad():

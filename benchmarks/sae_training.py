@@ -14,6 +14,7 @@ run), so the AuxK loss is off on both sides.
 
     python benchmarks/sae_training.py            # full sizes
     python benchmarks/sae_training.py --quick    # seconds-long smoke test
+    python benchmarks/sae_training.py --gemm     # per-model mm vs batched bmm, same step
 """
 
 from __future__ import annotations
@@ -130,6 +131,36 @@ def _measure(kind: str, args, acts: torch.Tensor) -> tuple[list[float], list[flo
     return t_lens, t_ours
 
 
+def _measure_gemm(kind: str, args, acts: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Seconds per SAE-step of HUSAI's group step with one ``mm`` per model (what it runs)
+    and with the batched ``bmm`` it ran before (not bit-stable across group sizes),
+    interleaved in one process."""
+    from husai.saes import base
+
+    def bmm_apply(A, B):
+        return torch.bmm(A, B)
+
+    per_model = _husai_trainer(kind, args, acts)
+    batched = _husai_trainer(kind, args, acts)
+    real_apply = base.ModelMM.apply
+
+    def step(trainer, apply) -> None:
+        base.ModelMM.apply = apply
+        try:
+            trainer.train_step()
+            trainer.step += 1
+        finally:
+            base.ModelMM.apply = real_apply
+
+    step(per_model, real_apply)
+    step(batched, bmm_apply)
+    t_mm, t_bmm = [], []
+    for _ in range(args.rounds):
+        t_mm.append(_timed(lambda: step(per_model, real_apply)) / args.seeds)
+        t_bmm.append(_timed(lambda: step(batched, bmm_apply)) / args.seeds)
+    return t_bmm, t_mm
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
@@ -137,6 +168,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument(
+        "--gemm",
+        action="store_true",
+        help="instead: HUSAI's per-model mm vs a batched bmm (ratio = bmm time / mm time)",
+    )
     args = p.parse_args()
     sizes = (
         dict(d_in=16, d_sae=64, batch=256, seeds=2, k=4)
@@ -150,7 +186,7 @@ def main() -> None:
     acts = _acts(16 * args.batch if not args.quick else 2048, args.d_in)
     results = {}
     for kind in args.kinds.split(","):
-        lens, ours = _measure(kind, args, acts)
+        lens, ours = (_measure_gemm if args.gemm else _measure)(kind, args, acts)
         s_lens, s_ours = statistics.median(lens), statistics.median(ours)
         results[kind] = {
             "saelens_sae_steps_per_s": 1 / s_lens,
@@ -163,7 +199,7 @@ def main() -> None:
         }
         r = results[kind]
         print(
-            f"{kind:5s} SAELens {r['saelens_sae_steps_per_s']:8.2f} SAE-steps/s "
+            f"{kind:5s} {'bmm' if args.gemm else 'SAELens'} {r['saelens_sae_steps_per_s']:8.2f} SAE-steps/s "
             f"({r['saelens_ms_per_sae_step']:.1f} ms)  HUSAI {r['husai_sae_steps_per_s']:8.2f} "
             f"SAE-steps/s ({r['husai_ms_per_sae_step']:.1f} ms)  ratio {r['ratio']:.2f}x "
             f"(of means {r['ratio_of_means']:.2f}x)"

@@ -14,9 +14,6 @@ from husai.tasks import make_dataset
 HOOKS = ["blocks.0.hook_resid_post", "blocks.0.mlp.hook_post", "blocks.0.attn.hook_z"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     cfg = ExperimentConfig.model_validate(

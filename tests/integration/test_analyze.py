@@ -17,9 +17,6 @@ from husai.metrics.analyze import analyze_dirs
 P, D = 7, 16
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(autouse=True)
 def _no_disk_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HUSAI_CACHE_DIR", "off")

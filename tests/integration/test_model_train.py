@@ -18,9 +18,6 @@ from husai.tasks import make_dataset
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def small_cfg(name="small", tracking="disabled", **train):
     train = {"steps": 30, "lr": 3e-3, "n_checkpoints": 5, "log_every": 5, **train}
     return ExperimentConfig.model_validate(

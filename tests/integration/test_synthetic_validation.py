@@ -24,9 +24,6 @@ STEPS, LR, BATCH = 3000, 1e-2, 256  # 3000 steps: GT-MCC 0.95, PW-MCC 0.93 (mean
 L1 = 1.0  # L0 ~3.7 on this data; 0.01 leaves L0 ~31 (GT-MCC 0.68), 0.3 gives 0.89
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _train(sae_cfg, steps: int, n_samples: int = 50_000) -> tuple[torch.Tensor, torch.Tensor]:
     saes = pytest.importorskip("husai.saes")
     data = make_synthetic(n_samples=n_samples, seed=0)

@@ -11,8 +11,6 @@ from scipy.optimize import linear_sum_assignment
 
 from husai.metrics.matching import cosine_matrix, linear_assignment, match
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _dense_total(score: np.ndarray) -> float:
     r, c = linear_sum_assignment(score, maximize=True)

@@ -23,8 +23,6 @@ from husai.metrics import (
     truth_directions,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _planes(d: int = 32, freqs: tuple[int, ...] = (1, 1, 5, 7), seed: int = 0) -> Planes:
     q = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed)))[0].T

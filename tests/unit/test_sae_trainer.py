@@ -236,19 +236,70 @@ def test_per_model_adam_matches_torch_adam() -> None:
     assert torch.equal(ours["w"][2], w[2])  # inactive model untouched
 
 
-@pytest.mark.parametrize("arch", ["topk", "relu", "matryoshka"])
+WIDE = {
+    "topk": [TopKSAEConfig(d_sae=1024, k=8), TopKSAEConfig(d_sae=1024, k=4)],
+    "relu": [ReluSAEConfig(d_sae=1024, l1_coefficient=0.1), ReluSAEConfig(d_sae=1024)],
+    "batchtopk": [BatchTopKSAEConfig(d_sae=1024, k=8), BatchTopKSAEConfig(d_sae=1024, k=4)],
+    "jumprelu": [JumpReLUSAEConfig(d_sae=1024), JumpReLUSAEConfig(d_sae=1024, l0_coefficient=0.1)],
+    "matryoshka": [MatryoshkaSAEConfig(d_sae=1024, k=8), MatryoshkaSAEConfig(d_sae=1024, k=4)],
+}
+
+
+@pytest.mark.parametrize("arch", list(WIDE))
 def test_bit_identity_at_realistic_width(arch: str) -> None:
-    """Wide dictionaries take different BLAS / reduction paths than the tiny tests above."""
+    """Wide dictionaries take other BLAS paths than the tiny tests above (MKL splits a large
+    reduction over threads on some CPUs); run at the thread count torch picks."""
     gen = torch.Generator().manual_seed(0)
     acts = torch.randn(2048, 64, generator=gen)
-    cfgs = {
-        "topk": [TopKSAEConfig(d_sae=1024, k=8), TopKSAEConfig(d_sae=1024, k=4)],
-        "relu": [ReluSAEConfig(d_sae=1024, l1_coefficient=0.1)],
-        "matryoshka": [MatryoshkaSAEConfig(d_sae=1024, k=8)],
-    }[arch]
+    cfgs = WIDE[arch]
     tc = _tc(steps=3, batch_size=512, dead_window=512, warmup_steps=0)
-    group = train_group(acts, cfgs, tc.model_copy(update={"init_seeds": [0, 1]}))
+    group = train_group(acts, cfgs, tc.model_copy(update={"init_seeds": [0, 1, 2]}))
     alone = train_group(acts, [cfgs[-1]], tc.model_copy(update={"init_seeds": [1]}))
-    last = group.sae.n_models - 1
+    index = group.sae.n_models - 2
     for k, p in alone.sae.params.items():
-        assert torch.equal(group.sae.params[k][last], p[0]), k
+        assert torch.equal(group.sae.params[k][index], p[0]), k
+    for k, b in alone.sae.buffers.items():
+        assert torch.equal(group.sae.buffers[k][index], b[0]), k
+
+
+@pytest.mark.parametrize("arch", list(CFGS))
+def test_training_runs_no_batched_gemm(arch: str, monkeypatch) -> None:
+    """A batched GEMM's reduction order may depend on the number of models (one GEMM split
+    over threads for N = 1, one GEMM per thread for N > 1), so training must not call one."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("batched GEMM called during SAE training")
+
+    def refuse_batched(real):
+        def check(*args, **kwargs):
+            if any(isinstance(a, torch.Tensor) and a.dim() > 2 for a in args):
+                raise AssertionError("batched matmul called during SAE training")
+            return real(*args, **kwargs)
+
+        return check
+
+    monkeypatch.setattr(torch, "bmm", refuse)
+    monkeypatch.setattr(torch, "baddbmm", refuse)
+    monkeypatch.setattr(torch, "einsum", refuse)
+    monkeypatch.setattr(torch, "matmul", refuse_batched(torch.matmul))
+    monkeypatch.setattr(torch.Tensor, "__matmul__", refuse_batched(torch.Tensor.__matmul__))
+    train_group(_acts(), CFGS[arch], _tc(steps=4))
+
+
+@pytest.mark.parametrize(("rows", "inner", "cols"), [(512, 1024, 64), (37, 33, 5)])
+def test_model_mm_slice_does_not_depend_on_group(rows: int, inner: int, cols: int) -> None:
+    from husai.saes.base import model_mm
+
+    gen = torch.Generator().manual_seed(1)
+    A = torch.randn(3, rows, inner, generator=gen, requires_grad=True)
+    B = torch.randn(3, cols, inner, generator=gen).transpose(1, 2).requires_grad_()
+    bias = torch.randn(3, cols, generator=gen)
+    group = model_mm(A, B, bias)
+    group.pow(2).sum().backward()
+    A1, B1 = A[1:2].detach().clone().requires_grad_(), B[1:2].detach().clone().requires_grad_()
+    alone = model_mm(A1, B1, bias[1:2])
+    alone.pow(2).sum().backward()
+    assert torch.equal(group[1], alone[0])
+    assert torch.equal(A.grad[1], A1.grad[0]) and torch.equal(B.grad[1], B1.grad[0])
+    ref = torch.baddbmm(bias[:, None, :], A.detach(), B.detach())
+    assert torch.allclose(group.detach(), ref, rtol=1e-5, atol=1e-4)

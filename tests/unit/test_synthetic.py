@@ -8,8 +8,6 @@ import torch
 from husai.metrics import gt_mcc
 from husai.tasks.synthetic import make_synthetic
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_song_setup_exactly_k_active_unit_truth() -> None:
     data = make_synthetic(n_samples=2000, seed=3)

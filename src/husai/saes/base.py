@@ -10,9 +10,10 @@ An :class:`Architecture` supplies what the trainer must not know: the initial de
 norm, whether decoder rows are kept at unit norm, the training forward pass
 (activation, sparsity penalty, auxiliary loss) and the inference encoder. Every
 per-model computation uses ops whose result for model i does not depend on the other
-models (batched matmuls with equal slice shapes, row-wise top-k, elementwise ops,
-reductions over inner dimensions), which is what makes a batched run bit-identical
-to training each model alone; ``tests/unit/test_sae_trainer.py`` checks it.
+models (one 2-D matrix product per model, :func:`model_mm`; row-wise top-k, elementwise
+ops, reductions over inner dimensions), which is what makes a batched run bit-identical
+to training each model alone on any CPU and at any thread count;
+``tests/unit/test_sae_trainer.py`` checks it.
 
 Initialisation (Conerly et al. 2024, "Circuits Updates - April 2024"; Gao et al. 2024,
 Sec. 2.4): decoder rows are random directions scaled to ``decoder_init_norm``, the
@@ -129,7 +130,7 @@ class BatchedSAE:
     def pre_acts(self, x_NBD: Tensor) -> Float[Tensor, "N B S"]:
         """Encoder pre-activations ``(x - b_dec) W_enc + b_enc`` (SAELens 'standard')."""
         x_in_NBD = self._expand(x_NBD) - self.b_dec[:, None, :]
-        return torch.baddbmm(self.b_enc[:, None, :], x_in_NBD, self.W_enc)
+        return model_mm(x_in_NBD, self.W_enc, self.b_enc)
 
     @torch.no_grad()
     def encode(self, x_BD: Float[Tensor, "B D"] | Float[Tensor, "N B D"]) -> Float[Tensor, "N B S"]:
@@ -139,7 +140,7 @@ class BatchedSAE:
     @torch.no_grad()
     def decode(self, codes_NBS: Float[Tensor, "N B S"]) -> Float[Tensor, "N B D"]:
         """Reconstruction ``codes W_dec + b_dec`` of every model."""
-        return torch.baddbmm(self.b_dec[:, None, :], codes_NBS, self.W_dec)
+        return model_mm(codes_NBS, self.W_dec, self.b_dec)
 
     @torch.no_grad()
     def forward(self, x_BD: Float[Tensor, "B D"]) -> Float[Tensor, "N B D"]:
@@ -177,11 +178,75 @@ def init_models(arch: Architecture, d_in: int, seeds: list[int]) -> BatchedSAE:
     return BatchedSAE(arch, params, buffers)
 
 
+def _stable_layout(t_NXY: Tensor) -> bool:
+    """Whether every model's slice ``t[n]`` starts 64-byte aligned whatever n is (BLAS may
+    take another code path, another summation order, for misaligned operands). Decided
+    from the per-model stride and the base address only, so a model alone (N = 1) and the
+    same model in a group get the same answer."""
+    per_model_bytes = t_NXY.stride(0) * t_NXY.element_size()
+    return per_model_bytes % 64 == 0 and t_NXY.data_ptr() % 64 == 0
+
+
+def _operands(t_NXY: Tensor) -> list[Tensor]:
+    """The 2-D slices of ``t``, copied to fresh (aligned, contiguous) memory unless the
+    layout is stable; either way a model sees the same layout alone and in a group."""
+    if _stable_layout(t_NXY):
+        return list(t_NXY.unbind(0))
+    return [t.clone(memory_format=torch.contiguous_format) for t in t_NXY.unbind(0)]
+
+
+def _mm_into(out_NXZ: Tensor, A_NXY: Tensor, B_NYZ: Tensor) -> Tensor:
+    direct = _stable_layout(out_NXZ)
+    for n, (a, b) in enumerate(zip(_operands(A_NXY), _operands(B_NYZ), strict=True)):
+        if direct:
+            torch.mm(a, b, out=out_NXZ[n])
+        else:
+            out_NXZ[n].copy_(torch.mm(a, b))
+    return out_NXZ
+
+
+class ModelMM(torch.autograd.Function):
+    """``A[n] @ B[n]`` for every model n, one 2-D ``mm`` per model, forward and backward.
+
+    A batched ``bmm`` is not bit-stable across group sizes: for N = 1 it is one GEMM that
+    MKL may split along the reduction dimension over threads, for N >= 2 it parallelises
+    over the batch and each GEMM runs whole (measured: ``codes [512 x 1024] @ W_dec`` at 2
+    threads differed by up to 3.8e-5 between N = 1 and N = 2). One ``mm`` per model runs
+    exactly the call a model trained alone runs, whatever the group.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, A_NXY: Tensor, B_NYZ: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(A_NXY, B_NYZ)
+        n, x, z = B_NYZ.shape[0], A_NXY.shape[1], B_NYZ.shape[2]
+        return _mm_into(A_NXY.new_empty(n, x, z), A_NXY, B_NYZ)
+
+    @staticmethod
+    def backward(ctx: Any, g_NXZ: Tensor):  # type: ignore[override]
+        A_NXY, B_NYZ = ctx.saved_tensors
+        g_NXZ = g_NXZ.contiguous()
+        dA = dB = None
+        if ctx.needs_input_grad[0]:
+            dA = _mm_into(A_NXY.new_empty(A_NXY.shape), g_NXZ, B_NYZ.transpose(1, 2))
+        if ctx.needs_input_grad[1]:
+            dB = _mm_into(B_NYZ.new_empty(B_NYZ.shape), A_NXY.transpose(1, 2), g_NXZ)
+        return dA, dB
+
+
+def model_mm(A_NXY: Tensor, B_NYZ: Tensor, bias_NZ: Tensor | None = None) -> Tensor:
+    """``A[n] @ B[n] (+ bias[n])`` per model (see :class:`ModelMM`); A may be an expanded
+    view shared by all models."""
+    out_NXZ = ModelMM.apply(A_NXY, B_NYZ)
+    return out_NXZ if bias_NZ is None else out_NXZ.add_(bias_NZ[:, None, :])
+
+
 def per_model_mv(A_NDS: Tensor, v_NS: Tensor) -> Tensor:
     """``A[n] @ v[n]`` for each model, one matrix-vector product per model: a batched
     ``bmm`` of [N, D, S] @ [N, S, 1] gave different bits for N = 1 and N > 1 (MKL picks a
     different kernel), which broke batched == alone at d_sae 1024."""
-    return torch.stack([A_NDS[n] @ v_NS[n] for n in range(A_NDS.shape[0])])
+    return torch.stack(
+        [torch.mv(a, v) for a, v in zip(_operands(A_NDS), v_NS.unbind(0), strict=True)]
+    )
 
 
 def mse_per_model(recon_NBD: Tensor, x_NBD: Tensor) -> Tensor:

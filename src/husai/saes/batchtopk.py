@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from husai.saes.base import Architecture, BatchedSAE, TrainOut, mse_per_model
+from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, mse_per_model
 from husai.saes.topk import auxk_select
 
 EMA_RATE = 0.01
@@ -50,7 +50,7 @@ def dense_auxk(
     idx_NBK, keep_N1K, scale_N = auxk_select(pre_NBS, dead_NS, sae.d_in)
     vals_NBK = torch.relu(pre_NBS.gather(-1, idx_NBK)) * keep_N1K
     codes_NBS = torch.zeros_like(pre_NBS).scatter(-1, idx_NBK, vals_NBK)
-    e_hat_NBD = torch.bmm(codes_NBS, sae.W_dec)
+    e_hat_NBD = model_mm(codes_NBS, sae.W_dec)
     return arch.hp("aux_coefficient") * scale_N * mse_per_model(e_hat_NBD, resid_NBD.detach())
 
 
@@ -68,7 +68,7 @@ class BatchTopKArch(Architecture):
         return torch.relu(pre_NBS) * (pre_NBS > sae.buffers["threshold"][:, None, :])
 
     def reconstruction_losses(self, sae: BatchedSAE, codes_NBS, x_NBD) -> dict[str, Tensor]:
-        recon_NBD = torch.baddbmm(sae.b_dec[:, None, :], codes_NBS, sae.W_dec)
+        recon_NBD = model_mm(codes_NBS, sae.W_dec, sae.b_dec)
         return {"mse": mse_per_model(recon_NBD, x_NBD)}, recon_NBD
 
     def train_forward(self, sae: BatchedSAE, x_NBD: Tensor, dead_NS: Tensor) -> TrainOut:

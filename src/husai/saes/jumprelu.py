@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from husai.saes.base import Architecture, BatchedSAE, TrainOut, mse_per_model
+from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, mse_per_model
 
 
 def _kernel(pre_NBS: Tensor, theta_NS: Tensor, eps_N: Tensor) -> Tensor:
@@ -82,7 +82,7 @@ class JumpReLUArch(Architecture):
         pre_NBS = sae.pre_acts(x_NBD)
         theta_NS, eps_N = sae.params["threshold"], self.hp("bandwidth")
         codes_NBS = JumpReLUFn.apply(pre_NBS, theta_NS, eps_N)
-        recon_NBD = torch.baddbmm(sae.b_dec[:, None, :], codes_NBS, sae.W_dec)
+        recon_NBD = model_mm(codes_NBS, sae.W_dec, sae.b_dec)
         l0_NB = StepFn.apply(pre_NBS, theta_NS, eps_N).sum(-1)
         active_NBS = codes_NBS.detach() != 0
         return TrainOut(

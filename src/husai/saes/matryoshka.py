@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from husai.saes.base import BatchedSAE, mse_per_model
+from husai.saes.base import BatchedSAE, model_mm, mse_per_model
 from husai.saes.batchtopk import BatchTopKArch
 
 
@@ -47,7 +47,7 @@ class MatryoshkaArch(BatchTopKArch):
         total_N = torch.zeros(sae.n_models)
         start = 0
         for end in self.prefixes:
-            block = torch.bmm(codes_NBS[:, :, start:end], sae.W_dec[:, start:end, :])
+            block = model_mm(codes_NBS[:, :, start:end], sae.W_dec[:, start:end, :])
             recon_NBD = recon_NBD + block
             total_N = total_N + mse_per_model(recon_NBD, x_NBD)
             start = end

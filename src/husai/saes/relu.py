@@ -12,7 +12,7 @@ renormalised; its rows start at norm 0.1 (Conerly et al. 2024). Saved as SAELens
 'standard' with ``apply_b_dec_to_input = True``.
 
 The forward and backward passes are written out by hand (:class:`ReluSAEFn`): five
-batched matmuls per step instead of autograd's six (the b_dec gradient through the
+per-model matmuls per step instead of autograd's six (the b_dec gradient through the
 encoder input is ``-W_enc @ sum_b dL/dpre``, a matrix-vector product, not a full
 ``dL/dpre @ W_enc^T``), and fewer passes over the [N, B, d_sae] codes. A unit test
 checks the gradients against autograd.
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from husai.saes.base import Architecture, BatchedSAE, TrainOut, per_model_mv
+from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, per_model_mv
 
 
 class ReluSAEFn(torch.autograd.Function):
@@ -35,8 +35,8 @@ class ReluSAEFn(torch.autograd.Function):
     def forward(ctx: Any, x_NBD, W_enc, b_enc, W_dec, b_dec):  # type: ignore[override]
         batch = x_NBD.shape[1]
         x_in_NBD = x_NBD - b_dec[:, None, :]
-        codes_NBS = torch.baddbmm(b_enc[:, None, :], x_in_NBD, W_enc).relu_()
-        err_NBD = torch.baddbmm(b_dec[:, None, :], codes_NBS, W_dec).sub_(x_NBD)
+        codes_NBS = model_mm(x_in_NBD, W_enc, b_enc).relu_()
+        err_NBD = model_mm(codes_NBS, W_dec, b_dec).sub_(x_NBD)
         norms_NS = W_dec.norm(dim=-1)
         sum_NS = codes_NBS.sum(1)
         counts_NS = (codes_NBS > 0).sum(1)
@@ -52,12 +52,12 @@ class ReluSAEFn(torch.autograd.Function):
         batch = x_in_NBD.shape[1]
         g_err_NBD = err_NBD * (2 * g_mse_N / batch)[:, None, None]
         l1_scale_N1 = (g_l1_N / batch)[:, None]
-        dW_dec = torch.bmm(codes_NBS.transpose(1, 2), g_err_NBD)
+        dW_dec = model_mm(codes_NBS.transpose(1, 2), g_err_NBD)
         dW_dec += (l1_scale_N1 * sum_NS / norms_NS)[:, :, None] * W_dec
-        g_pre_NBS = torch.bmm(g_err_NBD, W_dec.transpose(1, 2))
+        g_pre_NBS = model_mm(g_err_NBD, W_dec.transpose(1, 2))
         g_pre_NBS += (l1_scale_N1 * norms_NS)[:, None, :]
         g_pre_NBS.masked_fill_(codes_NBS <= 0, 0.0)
-        dW_enc = torch.bmm(x_in_NBD.transpose(1, 2), g_pre_NBS)
+        dW_enc = model_mm(x_in_NBD.transpose(1, 2), g_pre_NBS)
         db_enc = g_pre_NBS.sum(1)
         db_dec = g_err_NBD.sum(1) - per_model_mv(W_enc, db_enc)
         return None, dW_enc, db_enc, dW_dec, db_dec

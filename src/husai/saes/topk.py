@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from husai.saes.base import Architecture, BatchedSAE, TrainOut, mse_per_model
+from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, mse_per_model
 from husai.saes.sparse import LatentSorter, SparseDecode, SparseEncode
 
 
@@ -60,7 +60,7 @@ class TopKArch(Architecture):
         with torch.no_grad():
             x_in_NBD = x_NBD - sae.b_dec[:, None, :]
             # ReLU'd in place: the codes only ever use ReLU(pre) (see topk_indices)
-            pre_NBS = torch.baddbmm(sae.b_enc[:, None, :], x_in_NBD, sae.W_enc).relu_()
+            pre_NBS = model_mm(x_in_NBD, sae.W_enc, sae.b_enc).relu_()
             idx_NBK = topk_indices(pre_NBS, int(k_N.max()))
         sorter = LatentSorter(idx_NBK, sae.d_sae)
         vals_NBK = SparseEncode.apply(

@@ -161,6 +161,106 @@ def _measure_gemm(kind: str, args, acts: torch.Tensor) -> tuple[list[float], lis
     return t_bmm, t_mm
 
 
+SMALL = dict(d_in=128, batch=512, seeds=5, ks=(1, 2, 4, 8), l1s=(1.0, 2.0, 4.0, 8.0))
+
+
+def _naive_group(kind: str, width: int, acts: torch.Tensor):
+    """The reference: a plain dense loop (baddbmm, topk, scatter, bmm, autograd, torch Adam)
+    over the same models (sparsity values x seeds) and the same batches."""
+    values = SMALL["ks"] if kind == "topk" else SMALL["l1s"]
+    n, d, batch = len(values) * SMALL["seeds"], SMALL["d_in"], SMALL["batch"]
+    gen = torch.Generator().manual_seed(0)
+    W_dec = torch.randn(n, width, d, generator=gen)
+    W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True) * (1.0 if kind == "topk" else 0.1)
+    W_enc = W_dec.transpose(1, 2).clone().requires_grad_()
+    W_dec.requires_grad_()
+    b_enc, b_dec = torch.zeros(n, width, requires_grad=True), torch.zeros(n, d, requires_grad=True)
+    opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=1e-3)
+    per_model = torch.tensor([v for v in values for _ in range(SMALL["seeds"])])
+    keep = (torch.arange(max(SMALL["ks"]))[None, :] < per_model[:, None]).float()[:, None, :]
+    state = {"step": 0}
+
+    def step() -> None:
+        rows = torch.arange(state["step"] * batch, (state["step"] + 1) * batch) % acts.shape[0]
+        x = acts[rows].expand(n, batch, d)
+        pre = torch.baddbmm(b_enc[:, None, :], x - b_dec[:, None, :], W_enc).relu()
+        if kind == "topk":
+            vals, idx = pre.topk(min(max(SMALL["ks"]), width), dim=-1)
+            codes = torch.zeros_like(pre).scatter(-1, idx, vals * keep[..., : idx.shape[-1]])
+        else:
+            codes = pre
+        recon = torch.baddbmm(b_dec[:, None, :], codes, W_dec)
+        loss = (recon - x).pow(2).sum(-1).mean(-1)
+        if kind == "relu":
+            loss = loss + per_model * (codes * W_dec.norm(dim=-1)[:, None, :]).sum(-1).mean(-1)
+        opt.zero_grad()
+        loss.sum().backward()
+        opt.step()
+        if kind == "topk":
+            with torch.no_grad():
+                W_dec.div_(W_dec.norm(dim=-1, keepdim=True))
+        state["step"] += 1
+
+    return step, n
+
+
+def _husai_group(kind: str, width: int, acts: torch.Tensor):
+    from husai.config import ReluSAEConfig, SAETrainConfig, TopKSAEConfig
+    from husai.saes.trainer import _GroupTrainer
+
+    cfgs = (
+        [TopKSAEConfig(d_sae=width, k=k) for k in SMALL["ks"]]
+        if kind == "topk"
+        else [ReluSAEConfig(d_sae=width, l1_coefficient=v) for v in SMALL["l1s"]]
+    )
+    train_cfg = SAETrainConfig(
+        init_seeds=list(range(SMALL["seeds"])),
+        batch_size=SMALL["batch"],
+        steps=10**6,
+        lr=1e-3,
+        warmup_steps=0,
+        dead_window=10**9,
+        n_snapshots=0,
+        plateau_tol=0.0,
+    )
+    trainer = _GroupTrainer(acts, cfgs, train_cfg, None)
+
+    def step() -> None:
+        trainer.train_step()
+        trainer.step += 1
+
+    return step, trainer.sae.n_models
+
+
+def _measure_small(kind: str, width: int, rounds: int) -> tuple[list[float], list[float]]:
+    """Seconds per SAE-step of the naive dense loop and of HUSAI, interleaved rounds of 10
+    steps each, on the default study's shapes (d_in 128, batch 512, 4 sparsities x 5 seeds)."""
+    acts = _acts(8192, SMALL["d_in"])
+    naive, n = _naive_group(kind, width, acts)
+    ours, _ = _husai_group(kind, width, acts)
+    for _ in range(3):  # warm-up
+        naive()
+        ours()
+    t_naive, t_ours = [], []
+    for _ in range(rounds):
+        t_naive.append(_timed(lambda: [naive() for _ in range(10)]) / (10 * n))
+        t_ours.append(_timed(lambda: [ours() for _ in range(10)]) / (10 * n))
+    return t_naive, t_ours
+
+
+def _summary(theirs: list[float], ours: list[float], rounds: int) -> dict[str, float]:
+    s_theirs, s_ours = statistics.median(theirs), statistics.median(ours)
+    return {
+        "other_sae_steps_per_s": 1 / s_theirs,
+        "husai_sae_steps_per_s": 1 / s_ours,
+        "ratio": s_theirs / s_ours,
+        "ratio_of_means": statistics.mean(theirs) / statistics.mean(ours),
+        "other_ms_per_sae_step": 1000 * s_theirs,
+        "husai_ms_per_sae_step": 1000 * s_ours,
+        "rounds": rounds,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
@@ -168,6 +268,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument(
+        "--small",
+        action="store_true",
+        help="instead: widths 16 and 64 vs a naive dense PyTorch loop (ratio = naive / HUSAI)",
+    )
     p.add_argument(
         "--gemm",
         action="store_true",
@@ -184,31 +289,27 @@ def main() -> None:
     args.l1 = 5.0
     torch.set_num_threads(args.threads)
     acts = _acts(16 * args.batch if not args.quick else 2048, args.d_in)
+    other = "bmm" if args.gemm else "naive" if args.small else "SAELens"
     results = {}
     for kind in args.kinds.split(","):
-        lens, ours = (_measure_gemm if args.gemm else _measure)(kind, args, acts)
-        s_lens, s_ours = statistics.median(lens), statistics.median(ours)
-        results[kind] = {
-            "saelens_sae_steps_per_s": 1 / s_lens,
-            "husai_sae_steps_per_s": 1 / s_ours,
-            "ratio": s_lens / s_ours,
-            "ratio_of_means": statistics.mean(lens) / statistics.mean(ours),
-            "saelens_ms_per_sae_step": 1000 * s_lens,
-            "husai_ms_per_sae_step": 1000 * s_ours,
-            "rounds": args.rounds,
-        }
-        r = results[kind]
-        print(
-            f"{kind:5s} {'bmm' if args.gemm else 'SAELens'} {r['saelens_sae_steps_per_s']:8.2f} SAE-steps/s "
-            f"({r['saelens_ms_per_sae_step']:.1f} ms)  HUSAI {r['husai_sae_steps_per_s']:8.2f} "
-            f"SAE-steps/s ({r['husai_ms_per_sae_step']:.1f} ms)  ratio {r['ratio']:.2f}x "
-            f"(of means {r['ratio_of_means']:.2f}x)"
-        )
+        for width in (16, 64) if args.small else (args.d_sae,):
+            if args.small:
+                theirs, ours = _measure_small(kind, width, args.rounds)
+            else:
+                theirs, ours = (_measure_gemm if args.gemm else _measure)(kind, args, acts)
+            results[f"{kind}-w{width}"] = r = _summary(theirs, ours, args.rounds)
+            print(
+                f"{kind:5s} w{width:<5d} {other} {r['other_sae_steps_per_s']:8.2f} SAE-steps/s "
+                f"({r['other_ms_per_sae_step']:.2f} ms)  HUSAI {r['husai_sae_steps_per_s']:8.2f} "
+                f"SAE-steps/s ({r['husai_ms_per_sae_step']:.2f} ms)  ratio {r['ratio']:.2f}x "
+                f"(of means {r['ratio_of_means']:.2f}x)"
+            )
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} torch threads, torch {torch.__version__}",
-        "sizes": sizes,
+        "sizes": SMALL if args.small else sizes,
+        "other": other,
     }
     print(json.dumps(meta))
     if args.json:

@@ -303,3 +303,23 @@ def test_model_mm_slice_does_not_depend_on_group(rows: int, inner: int, cols: in
     assert torch.equal(A.grad[1], A1.grad[0]) and torch.equal(B.grad[1], B1.grad[0])
     ref = torch.baddbmm(bias[:, None, :], A.detach(), B.detach())
     assert torch.allclose(group.detach(), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_topk_dense_and_sparse_paths_agree(monkeypatch) -> None:
+    """Narrow TopK SAEs train through dense products, wide ones through the sparse kernels;
+    both compute the same function (to float32 rounding), including AuxK on dead latents."""
+    from husai.saes import topk
+
+    acts, cfgs, tc = _acts(), CFGS["topk"], _tc(steps=3)
+    calls = []
+    real = topk.dense_recon
+    monkeypatch.setattr(topk, "dense_recon", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(topk, "DENSE_MAX_WIDTH", S)
+    dense = train_group(acts, cfgs, tc)
+    assert len(calls) == 3
+    monkeypatch.setattr(topk, "DENSE_MAX_WIDTH", S - 1)
+    sparse = train_group(acts, cfgs, tc)
+    assert len(calls) == 3
+    assert "loss_auxk" in dense.history and "loss_auxk" in sparse.history
+    for k, p in dense.sae.params.items():
+        assert torch.allclose(p, sparse.sae.params[k], rtol=1e-4, atol=1e-6), k

@@ -15,7 +15,9 @@ out. Saved as SAELens 'topk' with ``rescale_acts_by_decoder_norm = False``.
 Per-model k inside one group: the top ``max k`` latents are taken sorted by value and
 model n keeps its first k_n, so each model selects exactly what it would alone. The
 encoder pre-activations are computed without autograd; gradients flow through
-:mod:`husai.saes.sparse` at the selected (sample, latent) pairs only.
+:mod:`husai.saes.sparse` at the selected (sample, latent) pairs only, or, for widths up
+to :data:`~husai.saes.dense.DENSE_MAX_WIDTH`, through the dense products of
+:mod:`husai.saes.dense` (faster there; the path depends on the width alone).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, mse_per_model
+from husai.saes.dense import DENSE_MAX_WIDTH, dense_recon
 from husai.saes.sparse import LatentSorter, SparseDecode, SparseEncode
 
 
@@ -62,24 +65,32 @@ class TopKArch(Architecture):
             # ReLU'd in place: the codes only ever use ReLU(pre) (see topk_indices)
             pre_NBS = model_mm(x_in_NBD, sae.W_enc, sae.b_enc).relu_()
             idx_NBK = topk_indices(pre_NBS, int(k_N.max()))
-        sorter = LatentSorter(idx_NBK, sae.d_sae)
-        vals_NBK = SparseEncode.apply(
-            x_in_NBD, sae.b_dec, sae.W_enc, sae.b_enc, pre_NBS, idx_NBK, sorter
-        )
-        codes_NBK = torch.relu(vals_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
-        recon_NBD = SparseDecode.apply(codes_NBK, idx_NBK, sae.W_dec, sorter)
-        recon_NBD = recon_NBD + sae.b_dec[:, None, :]
-        losses = {"mse": mse_per_model(recon_NBD, x_NBD)}
+        if sae.d_sae <= DENSE_MAX_WIDTH:
+            with torch.no_grad():
+                vals_NBK = pre_NBS.gather(-1, idx_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
+                codes_NBS = torch.zeros_like(pre_NBS).scatter_(-1, idx_NBK, vals_NBK)
+            mse_N, err_NBD = dense_recon(sae, x_NBD, x_in_NBD, codes_NBS)
+            losses = {"mse": mse_N}
+            active_NBK = vals_NBK > 0
+        else:
+            sorter = LatentSorter(idx_NBK, sae.d_sae)
+            vals_NBK = SparseEncode.apply(
+                x_in_NBD, sae.b_dec, sae.W_enc, sae.b_enc, pre_NBS, idx_NBK, sorter
+            )
+            codes_NBK = torch.relu(vals_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
+            recon_NBD = SparseDecode.apply(codes_NBK, idx_NBK, sae.W_dec, sorter)
+            recon_NBD = recon_NBD + sae.b_dec[:, None, :]
+            losses, err_NBD = {"mse": mse_per_model(recon_NBD, x_NBD)}, recon_NBD - x_NBD
+            active_NBK = codes_NBK.detach() > 0
         if bool(dead_NS.any()):
-            losses["auxk"] = self._auxk(sae, x_in_NBD, pre_NBS, x_NBD - recon_NBD, dead_NS)
-        active_NBK = codes_NBK.detach() > 0
+            losses["auxk"] = self._auxk(sae, x_in_NBD, pre_NBS, err_NBD, dead_NS)
         counts_NS = torch.zeros(sae.n_models, sae.d_sae).scatter_add_(
             1, idx_NBK.reshape(sae.n_models, -1), active_NBK.reshape(sae.n_models, -1).float()
         )
         return TrainOut(losses, counts_NS > 0, active_NBK.sum(-1, dtype=torch.float32).mean(-1))
 
     def _auxk(
-        self, sae: BatchedSAE, x_in_NBD: Tensor, pre_NBS: Tensor, resid_NBD: Tensor, dead_NS: Tensor
+        self, sae: BatchedSAE, x_in_NBD: Tensor, pre_NBS: Tensor, err_NBD: Tensor, dead_NS: Tensor
     ) -> Tensor:
         idx_NBK, keep_N1K, scale_N = auxk_select(pre_NBS, dead_NS, sae.d_in)
         sorter = LatentSorter(idx_NBK, sae.d_sae)
@@ -88,7 +99,7 @@ class TopKArch(Architecture):
         )
         codes_NBK = torch.relu(vals_NBK) * keep_N1K
         e_hat_NBD = SparseDecode.apply(codes_NBK, idx_NBK, sae.W_dec, sorter)
-        aux_N = mse_per_model(e_hat_NBD, resid_NBD.detach())
+        aux_N = mse_per_model(e_hat_NBD, -err_NBD.detach())
         return self.hp("aux_coefficient") * scale_N * aux_N
 
 

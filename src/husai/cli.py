@@ -7,6 +7,7 @@ line to stderr and exit with code 2, without a traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,14 +48,29 @@ def _call(module: str, func: str, *args: Any, **kwargs: Any) -> Any:
         raise typer.Exit(2) from None
 
 
-def _load(path: Path, overrides: Optional[list[str]]) -> Any:
-    from husai.config import ConfigError, ExperimentConfig
+def _load(path: Path, overrides: Optional[list[str]], kind: str = "experiment") -> Any:
+    from husai.config import ConfigError, load_any_config
 
     try:
-        return ExperimentConfig.from_yaml(path, overrides or [])
+        return load_any_config(path, overrides or [], kind=kind)
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+
+
+def _check_out_dir(out: Path) -> None:
+    """Exit 2 with one line unless ``out`` is, or can be made, a writable directory."""
+    existing = out.absolute()
+    while not existing.exists():  # creates nothing: the run store is made later
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem is not None:
+        typer.echo(f"error: --out {out}: {problem}", err=True)
+        raise typer.Exit(2)
 
 
 @app.command("train-model")
@@ -109,7 +125,9 @@ def train_saes(
 @app.command("analyze")
 def analyze(
     sae_dirs: list[Path] = typer.Argument(
-        ..., help="Two or more SAE directories (HUSAI or SAELens)."
+        ...,
+        help="Two or more distinct SAE directories (HUSAI or SAELens), or a directory of them "
+        "(e.g. train-saes --out); plain files such as group_*.json are skipped.",
     ),
     ground_truth: Optional[Path] = typer.Option(
         None, help="Activation directory with Fourier planes."
@@ -135,6 +153,8 @@ def _study(
     set_: list[str] | None,
     report: bool,
 ) -> Any:
+    if out is not None:
+        _check_out_dir(out)
     return _call(
         "husai.experiments",
         "run_study",
@@ -179,9 +199,17 @@ def run(
 
 
 @app.command("validate")
-def validate(config: Path = typer.Argument(...), set_: Optional[list[str]] = SetOpt) -> None:
-    """Validate an experiment config and print it resolved."""
-    print(_load(config, set_).to_yaml(), end="")
+def validate(
+    config: Path = typer.Argument(..., help="An experiment or a study YAML."),
+    set_: Optional[list[str]] = SetOpt,
+    kind: str = typer.Option(
+        "auto", help="'experiment', 'study' or 'auto' (a study has grid/metrics/report keys)."
+    ),
+) -> None:
+    """Validate an experiment or study config; print which kind it is, then the resolved YAML."""
+    cfg = _load(config, set_, kind=kind)
+    print(f"# {config}: valid {type(cfg).__name__.removesuffix('Config').lower()} config")
+    print(cfg.to_yaml(), end="")
 
 
 def main() -> None:

@@ -12,12 +12,15 @@ Seeds that vary independently are independent fields:
 - ``sae_train.data_seed``: the order in which activations are shown to the SAEs.
 
 Bad input raises :class:`ConfigError` whose message is one line naming the file, the
-dotted field path and what was expected.
+dotted field path and what was expected. An empty file is an error (never a default
+config), and repeated ``init_seeds`` are refused. ``--set sae.arch=X`` drops the
+``sae`` fields that X does not have (logged), so architectures can be switched.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
@@ -36,6 +39,7 @@ from pydantic import (
 from husai.errors import UserError
 from husai.io import atomic_write_text
 
+log = logging.getLogger(__name__)
 OPS = ("add", "sub", "mul", "div")
 TokenFormat = Literal["a_b_eq", "a_op_b_eq"]
 
@@ -209,14 +213,24 @@ SAEConfig = Annotated[
     Union[ReluSAEConfig, TopKSAEConfig, BatchTopKSAEConfig, JumpReLUSAEConfig, MatryoshkaSAEConfig],
     Field(discriminator="arch"),
 ]
-SAE_ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
+SAE_CONFIGS: dict[str, type[_SAEBase]] = {
+    cls.model_fields["arch"].default: cls
+    for cls in (
+        ReluSAEConfig,
+        TopKSAEConfig,
+        BatchTopKSAEConfig,
+        JumpReLUSAEConfig,
+        MatryoshkaSAEConfig,
+    )
+}
+SAE_ARCHS = tuple(SAE_CONFIGS)
 
 
 class SAETrainConfig(_Frozen):
     """How a batched group of SAEs is trained (shared by every SAE in the group)."""
 
     init_seeds: Annotated[list[int], Field(min_length=1)] = [0, 1, 2, 3, 4]
-    """One SAE initialisation seed per entry; each seed is one SAE."""
+    """One SAE initialisation seed per entry; each seed is one SAE. Seeds must be distinct."""
     data_seed: int = 0
     """Seed of the order in which activation batches are drawn."""
     per_model_data_order: bool = False
@@ -245,6 +259,17 @@ class SAETrainConfig(_Frozen):
     """Steps between resumable checkpoints (only when a checkpoint directory is given)."""
     normalize_activations: bool = True
     """Scale activations so that their mean squared norm is d_in (SAELens 'expected_average_only_in')."""
+
+    @field_validator("init_seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(
+                f"expected distinct seeds, got {seeds} (seed(s) {repeated} repeated; "
+                "a repeated seed trains the same SAE twice and scores a false 1.0)"
+            )
+        return seeds
 
 
 class TrackingConfig(_Frozen):
@@ -337,20 +362,30 @@ def load_config(
 ) -> M:
     """Read YAML (or JSON) at ``path`` into ``cls``, applying ``key.path=value`` overrides."""
     path = Path(path)
+    raw = apply_overrides(read_mapping(path), overrides or [], source=str(path))
+    if preprocess is not None:
+        raw = preprocess(raw, path)
+    return validate_dict(cls, raw, str(path))
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML (or JSON) config file; an empty file is an error."""
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if raw is None or raw == {}:
+        raise ConfigError(
+            f"{path}: <root>: expected a mapping of config sections, got an empty config "
+            "(defaults are never implied; start from a file in configs/)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [], source=str(path))
-    if preprocess is not None:
-        raw = preprocess(raw, path)
-    return validate_dict(cls, raw, str(path))
+    return raw
 
 
 def _inline_model_config(raw: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -418,7 +453,25 @@ def apply_overrides(
             node[parts[-1]] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"--set {item}: value is not valid YAML") from None
+    _drop_fields_of_old_arch(out, {item.split("=", 1)[0].strip() for item in overrides})
     return out
+
+
+def _drop_fields_of_old_arch(raw: dict[str, Any], set_keys: set[str]) -> None:
+    """After ``--set sae.arch=X``, drop the ``sae`` fields X does not have (unless also set)."""
+    sae = raw.get("sae")
+    if "sae.arch" not in set_keys or not isinstance(sae, dict):
+        return
+    arch = sae.get("arch")
+    cls = SAE_CONFIGS.get(arch) if isinstance(arch, str) else None
+    if cls is None:
+        return  # validation names the unknown arch
+    dropped = [k for k in sae if k not in cls.model_fields and f"sae.{k}" not in set_keys]
+    for key in dropped:
+        del sae[key]
+    if dropped:
+        names = ", ".join(f"sae.{k}" for k in dropped)
+        log.warning("--set sae.arch=%s: dropped %s (not a field of %s)", arch, names, cls.__name__)
 
 
 def _is_prime(n: int) -> bool:
@@ -506,3 +559,37 @@ class StudyConfig(_Frozen):
             train=self.train,
             tracking=self.tracking,
         )
+
+
+CONFIG_KINDS: dict[str, type[ExperimentConfig] | type[StudyConfig]] = {
+    "experiment": ExperimentConfig,
+    "study": StudyConfig,
+}
+
+
+def load_any_config(
+    path: str | Path, overrides: list[str] | None = None, kind: str = "auto"
+) -> ExperimentConfig | StudyConfig:
+    """An experiment or a study config; ``kind='auto'`` tells them apart by their keys."""
+    path = Path(path)
+    if kind == "auto":
+        kind = config_kind(path, overrides or [])
+    if kind not in CONFIG_KINDS:
+        raise ConfigError(f"--kind: expected auto, experiment or study, got {kind!r}")
+    return CONFIG_KINDS[kind].from_yaml(path, overrides)
+
+
+def config_kind(path: Path, overrides: list[str]) -> str:
+    """'study' if the file (or an override) has a study-only key, else 'experiment'."""
+    keys = set(read_mapping(path)) | {o.split("=", 1)[0].split(".")[0].strip() for o in overrides}
+    exp_fields, study_fields = set(ExperimentConfig.model_fields), set(StudyConfig.model_fields)
+    exp, study = (
+        sorted(keys & (exp_fields - study_fields)),
+        sorted(keys & (study_fields - exp_fields)),
+    )
+    if exp and study:
+        raise ConfigError(
+            f"{path}: <root>: expected an experiment config or a study config, got "
+            f"experiment key(s) {exp} and study key(s) {study}"
+        )
+    return "study" if study else "experiment"

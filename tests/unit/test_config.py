@@ -51,6 +51,9 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
         ("sae:\n  arch: relu\n  k: 4\n", "sae.k", "unknown key"),
         ("sae:\n  arch: nope\n", "sae", "arch"),
         ("sae_train:\n  init_seeds: 3\n", "sae_train.init_seeds", "list"),
+        ("sae_train:\n  init_seeds: [0, 0, 1]\n", "sae_train.init_seeds", "distinct"),
+        ("", "<root>", "empty config"),
+        ("# nothing but a comment\n", "<root>", "empty config"),
     ],
 )
 def test_bad_config_gives_one_line(tmp_path: Path, text: str, field: str, expected: str) -> None:
@@ -76,6 +79,16 @@ def test_overrides_are_typed_and_validated() -> None:
         ExperimentConfig.from_yaml(base, ["sae.k=4096"])
     with pytest.raises(ConfigError, match="valid integer"):
         ExperimentConfig.from_yaml(base, ["sae.k=many"])
+
+
+def test_switching_arch_drops_the_old_fields() -> None:
+    base = ExperimentConfig.from_yaml(ROOT / "configs/examples/topk_16x.yaml")
+    for cfg in (
+        ExperimentConfig.from_yaml(ROOT / "configs/examples/topk_16x.yaml", ["sae.arch=jumprelu"]),
+        base.with_overrides(["sae.arch=jumprelu"]),
+    ):
+        assert cfg.sae.arch == "jumprelu" and cfg.sae.d_sae == base.sae.d_sae
+    assert base.with_overrides(["sae.arch=batchtopk"]).sae.k == base.sae.k  # shared field kept
 
 
 def test_configs_are_frozen() -> None:

@@ -1,7 +1,10 @@
 """``husai analyze``: stability (and optionally ground truth) of a set of SAE directories.
 
-Reads two or more SAE directories (HUSAI or SAELens format, via ``husai.saes.load_sae``)
-and computes every stability metric over all pairs with its random-unit baseline. With
+Reads two or more distinct SAE directories (HUSAI or SAELens format, via
+``husai.saes.load_sae``; a directory of SAE directories stands for all of them, plain
+files are skipped) and refuses repeats, identical weights, non-finite weights and a
+``cfg.json`` whose widths disagree with the weights. It computes every stability
+metric over all pairs with its random-unit baseline. With
 ``--ground-truth ACTIVATIONS_DIR`` (an activation directory with ``acts.safetensors``,
 ``planes.safetensors`` and ``meta.json``) it also encodes the activations, adds the
 alive-only and activation metrics, and the ground-truth report of each SAE plus the
@@ -10,6 +13,7 @@ frequency allocation across SAEs. Writes JSON atomically; returns a printable ta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -30,6 +34,7 @@ from husai.metrics.ground_truth import (
 )
 from husai.metrics.inputs import as_decoder, as_encoder, load_sae_dir
 from husai.metrics.stability import stability_set
+from husai.saes.io import CFG_FILE, WEIGHTS_FILE, LoadedSAE
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +51,11 @@ def analyze_dirs(
 
     ``trials``: Monte Carlo draws per random baseline (default: by problem size).
     """
-    sae_dirs = [Path(p) for p in sae_dirs]
-    if not sae_dirs:
-        raise UserError("analyze: expected at least one SAE directory")
+    sae_dirs = expand_sae_dirs([Path(p) for p in sae_dirs])
     saes = [load_sae_dir(p) for p in sae_dirs]
+    for path, sae in zip(sae_dirs, saes, strict=True):
+        check_sae(path, sae)
+    _refuse_identical(sae_dirs, saes)
     decs = [as_decoder(s) for s in saes]
     d_ins = {int(dec.shape[1]) for dec in decs}
     if len(d_ins) != 1:
@@ -59,17 +65,12 @@ def analyze_dirs(
         acts, planes, modulus = _load_ground_truth(Path(ground_truth), d_ins.pop())
         codes = [_encode(s, acts) for s in saes]
     result: dict[str, Any] = {"sae_dirs": [str(p) for p in sae_dirs], "ground_truth": None}
-    lines: list[str] = []
-    if len(saes) >= 2:
-        stab = stability_set(
-            decs, codes=codes, encs=[as_encoder(s) for s in saes], trials=trials, seed=seed
-        )
-        result["stability"] = {k: v.to_dict() for k, v in stab.items()}
-        lines += _table(
-            stab, f"stability over {len(saes)} SAEs ({len(saes) * (len(saes) - 1) // 2} pairs)"
-        )
-    else:
-        lines.append("stability: needs at least 2 SAE directories (got 1)")
+    stab = stability_set(
+        decs, codes=codes, encs=[as_encoder(s) for s in saes], trials=trials, seed=seed
+    )
+    result["stability"] = {k: v.to_dict() for k, v in stab.items()}
+    n = len(saes)
+    lines = _table(stab, f"stability over {n} SAEs ({n * (n - 1) // 2} pairs)")
     if planes is not None:
         reports = {
             str(p): ground_truth_report(dec, planes, c, modulus, trials=trials or 8, seed=seed)
@@ -85,6 +86,84 @@ def analyze_dirs(
             lines += [""] + _table(mvs, f"ground truth: {path}")
     atomic_write_json(out_json, result)
     return "\n".join(lines)
+
+
+def expand_sae_dirs(paths: list[Path]) -> list[Path]:
+    """Two or more distinct SAE directories from what a user passed.
+
+    A directory holding SAE directories (``husai train-saes --out``) stands for all of
+    them; a plain file (the ``group_*.json`` a glob picks up) or a hidden directory
+    (``.checkpoint_*``) is skipped with a log line.
+    """
+    dirs = [d for path in paths for d in _sae_dirs_in(path)]
+    seen: dict[Path, Path] = {}
+    for d in dirs:
+        if d.resolve() in seen:
+            raise UserError(f"{d}: given twice (also as {seen[d.resolve()]}); pass each SAE once")
+        seen[d.resolve()] = d
+    if len(dirs) < 2:
+        got = f"got {len(dirs)}" + (f" ({dirs[0]})" if dirs else "")
+        raise UserError(f"analyze: expected at least 2 SAE directories to compare, {got}")
+    return dirs
+
+
+def is_sae_dir(path: Path) -> bool:
+    """Whether ``path`` holds ``cfg.json`` and ``sae_weights.safetensors``."""
+    return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def _sae_dirs_in(path: Path) -> list[Path]:
+    if is_sae_dir(path):
+        return [path]
+    if path.is_file() or (path.is_dir() and path.name.startswith(".")):
+        what = "a file" if path.is_file() else "a hidden directory, e.g. a training checkpoint"
+        log.warning("analyze: skipping %s (%s, not an SAE directory)", path, what)
+        return []
+    children = sorted(c for c in path.iterdir() if is_sae_dir(c)) if path.is_dir() else []
+    if not children:
+        raise UserError(
+            f"{path}: not an SAE directory (expected {CFG_FILE} and {WEIGHTS_FILE} in it, "
+            "or SAE directories under it)"
+        )
+    log.info("analyze: %s holds %d SAE directories", path, len(children))
+    return children
+
+
+def check_sae(path: Path, sae: LoadedSAE) -> None:
+    """One-line errors for weights that disagree with ``cfg.json`` or are not finite."""
+    d_in, d_sae = sae.W_enc.shape
+    if tuple(sae.W_dec.shape) != (d_sae, d_in):
+        raise UserError(
+            f"{path / WEIGHTS_FILE}: W_dec: expected shape {(d_sae, d_in)} (from W_enc "
+            f"{tuple(sae.W_enc.shape)}), got {tuple(sae.W_dec.shape)}"
+        )
+    for field, actual in (("d_in", d_in), ("d_sae", d_sae)):
+        stated = sae.cfg.get(field)
+        if stated is not None and stated != actual:
+            raise UserError(
+                f"{path / CFG_FILE}: {field}: expected {actual} (the weights' shape), got {stated!r}"
+            )
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+        t = getattr(sae, name)
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise UserError(
+                f"{path / WEIGHTS_FILE}: {name}: expected finite values, got NaN or inf"
+            )
+
+
+def _refuse_identical(sae_dirs: list[Path], saes: list[LoadedSAE]) -> None:
+    """Two directories with the same weights would score a false 1.0: refuse them."""
+    seen: dict[str, Path] = {}
+    for path, sae in zip(sae_dirs, saes, strict=True):
+        digest = hashlib.sha256()
+        for t in (sae.W_enc, sae.W_dec):
+            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        key = digest.hexdigest()
+        if key in seen:
+            raise UserError(
+                f"{path}: same weights as {seen[key]} (a duplicated SAE scores a false 1.0)"
+            )
+        seen[key] = path
 
 
 def _load_ground_truth(acts_dir: Path, d_in: int) -> tuple[Tensor, Any, int | None]:

@@ -32,7 +32,7 @@ from husai.report.sections_gt import geometry_section, ground_truth_section
 from husai.report.sections_misc import failures_section
 from husai.report.sections_model import activations_section, model_section, not_grokked
 from husai.report.sections_stability import dynamics_section, stability_section, verdict_section
-from husai.report.store import RunStore
+from husai.report.store import MARKERS, RunStore, is_run_store
 
 log = logging.getLogger(__name__)
 FIGURE_DIR = "report_files"
@@ -48,6 +48,11 @@ def build_report(
     for name, v in (("stability_threshold", stability_threshold), ("ev_threshold", ev_threshold)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1):
             raise UserError(f"report: {name} must be in (0, 1], got {v!r}")
+    if not is_run_store(run_dir):
+        raise UserError(
+            f"{run_dir}: not a run store (expected one of {', '.join(MARKERS)}, "
+            "as written by `husai run` or `husai sweep`)"
+        )
     store = RunStore.open(run_dir)
     st, ev = float(stability_threshold), float(ev_threshold)
     sections = build_sections(store, st, ev)

@@ -22,6 +22,13 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+MARKERS = ("study.yaml", "provenance.json", "results.parquet", "summary.parquet")
+"""Files of which a run store holds at least one (``study.yaml`` is written first)."""
+
+
+def is_run_store(root: Path) -> bool:
+    """Whether ``root`` holds at least one of the run store's :data:`MARKERS`."""
+    return any((Path(root) / name).is_file() for name in MARKERS)
 
 
 @dataclass

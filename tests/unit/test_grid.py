@@ -68,3 +68,9 @@ def test_bootstrap_ci_brackets_the_mean() -> None:
     lo, hi = bootstrap_ci(vals, 2000, seed=0)
     assert lo < vals.mean() < hi and hi - lo < 0.1
     assert bootstrap_ci(vals, 2000, seed=0) == (lo, hi)
+
+
+def test_repeated_sparsity_values_are_refused() -> None:
+    study = _study(archs=["topk"], widths=[16], k=[4, 4])
+    with pytest.raises(UserError, match=r"grid.0.k: expected distinct values"):
+        expand_grid(study)

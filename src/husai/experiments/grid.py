@@ -94,6 +94,11 @@ def expand_grid(study: StudyConfig) -> list[Unit]:
                             raise UserError(
                                 f"{where}.{field}: expected at least one value for arch {arch!r}"
                             )
+                        if len(set(values)) != len(values):
+                            raise UserError(
+                                f"{where}.{field}: expected distinct values, got {list(values)} "
+                                "(a repeated setting would be compared with itself)"
+                            )
                         cfgs = tuple(_sae_cfg(arch, width, v, f"{where}.{field}") for v in values)
                         units.append(Unit(arch, width, hook, checkpoint, cfgs, sae_train))
     ids = [json.dumps(u.content(), sort_keys=True) for u in units]

@@ -73,6 +73,22 @@ def _check_out_dir(out: Path) -> None:
         raise typer.Exit(2)
 
 
+@app.callback()
+def _options(
+    threads: Optional[int] = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="torch CPU threads (default: torch's, all cores; 1 is faster on a busy machine). "
+        "Results may differ in the last bits between thread counts (README, Reproducibility).",
+    ),
+) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @app.command("train-model")
 def train_model(
     config: Path = typer.Argument(..., help="Experiment/model YAML (task, model, train)."),

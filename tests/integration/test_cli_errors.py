@@ -299,3 +299,20 @@ def test_analyze_a_directory_without_saes(tmp_path: Path) -> None:
         ["analyze", tmp_path / "nothing", tmp_path / "nothing2", "--out", tmp_path / "a.json"],
         f"{tmp_path / 'nothing'}: not an SAE directory",
     )
+
+
+def test_threads_option_sets_torch_threads_and_refuses_zero() -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from husai.cli import app
+
+    old = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, ["--threads", "1", "validate", "--help"])
+        assert result.exit_code == 0
+        assert torch.get_num_threads() == 1
+        bad = CliRunner().invoke(app, ["--threads", "0", "validate", "x.yaml"])
+        assert bad.exit_code == 2
+    finally:
+        torch.set_num_threads(old)

@@ -1,4 +1,4 @@
-"""A tiny synthetic study run store (LAYOUT.md's columns) for the report tests.
+"""A tiny synthetic study run store (the run store's columns) for the report tests.
 
 ``make_run_store(root, scenario)`` writes model curves, two activation dirs with
 Fourier planes, SAE dirs whose decoders are built inside those planes, and the four

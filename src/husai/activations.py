@@ -2,7 +2,7 @@
 
 ``husai extract`` runs the model on all inputs of its task (p^2 pairs for addition, in
 row-major (a, b) order) and keeps one position of each requested hook (the final one by
-default). Each hook gets its own directory (see notes/LAYOUT.md)::
+default). Each hook gets its own directory (docs/ARCHITECTURE.md)::
 
     acts.safetensors    {"acts": float32 [N, d]}   (trailing dims such as heads flattened)
     inputs.safetensors  {"pairs": int64 [N, 2], "train_mask": bool [N]}

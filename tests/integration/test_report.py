@@ -1,6 +1,6 @@
 """Build the study report for a tiny fabricated run store, and check what it contains.
 
-The run store comes from ``tests/report_fixtures.py`` (LAYOUT.md's tables, seeded
+The run store comes from ``tests/report_fixtures.py`` (the run store's tables, seeded
 random numbers, SAE decoders built inside known Fourier planes). The browser test
 loads the page in headless Chromium, fails on any console message (the page has no
 script, so any message is an error) and checks that the screenshot is not blank.

@@ -1,6 +1,6 @@
 """The model run directory: checkpoints, their config fingerprint, and loading.
 
-Layout (see notes/LAYOUT.md)::
+Layout (docs/ARCHITECTURE.md)::
 
     <run_dir>/config.yaml                      resolved ExperimentConfig
     <run_dir>/model.safetensors                final HookedTransformer state_dict

@@ -1,7 +1,7 @@
 """The study report: one self-contained HTML page (and a Markdown twin) per run store.
 
 ``build_report(run_dir)`` reads the run store written by ``husai.experiments``
-(LAYOUT.md) and writes ``report.html`` and ``report.md``. Modules: ``store`` (reading,
+(README, "The run store") and writes ``report.html`` and ``report.md``. Modules: ``store`` (reading,
 tolerant of missing files), ``figures`` (matplotlib, Agg), ``geometry`` (decoders vs
 Fourier planes), ``guidelines`` (verdict and practitioner text, rule-based),
 ``render`` (document model, HTML and Markdown), ``sections_*`` (one per topic) and

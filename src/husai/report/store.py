@@ -1,4 +1,4 @@
-"""Read a study run store (LAYOUT.md) for the report, tolerating anything missing.
+"""Read a study run store (README, "The run store") for the report, tolerating anything missing.
 
 Every loader returns ``None`` when its file is absent or unreadable and records why in
 ``RunStore.missing`` (file name -> one-line reason), so each report section can say

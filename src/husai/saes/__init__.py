@@ -1,6 +1,6 @@
 """HUSAI's SAE library: five architectures, one batched multi-seed trainer, SAELens-format I/O.
 
-Public API (see /work/notes/LAYOUT.md): :func:`train_group`, :func:`init_group`,
+Public API (layout in docs/ARCHITECTURE.md): :func:`train_group`, :func:`init_group`,
 :class:`GroupResult`, :class:`BatchedSAE`, :func:`save_sae`, :func:`load_sae`,
 :class:`LoadedSAE`, :func:`evaluate`. Importing this package needs only torch,
 safetensors, pydantic and jaxtyping; sae_lens is never imported here.

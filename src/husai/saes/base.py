@@ -47,7 +47,7 @@ class Architecture:
     """Base class of an SAE architecture acting on a :class:`BatchedSAE`.
 
     Subclasses set the class attributes and implement :meth:`train_forward` and
-    :meth:`encode_pre`; ``cfgs`` holds one SAE config per model.
+    :meth:`encode`; ``cfgs`` holds one SAE config per model.
     """
 
     name: ClassVar[str] = ""

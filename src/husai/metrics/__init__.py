@@ -25,16 +25,14 @@ from husai.metrics.ground_truth import (
     truth_directions,
 )
 from husai.metrics.matching import Matching, cosine_matrix, linear_assignment, match, match_scores
-from husai.metrics.stability import (
+from husai.metrics.similarity import (
     activation_mcc,
     correlation_matrix,
     mmcs,
-    per_latent_stability,
     pw_mcc,
     shared_fraction,
-    stability_pair,
-    stability_set,
 )
+from husai.metrics.stability import per_latent_stability, stability_pair, stability_set
 from husai.metrics.subspace import principal_cosines, span_overlap, subspace_overlap
 
 __all__ = [

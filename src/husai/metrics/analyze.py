@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from husai.errors import UserError
-from husai.io import atomic_write_json
+from husai.io import atomic_write_json, load_safetensors
 from husai.metrics.baselines import MetricValue
 from husai.metrics.ground_truth import (
     frequency_allocation,
@@ -167,8 +167,6 @@ def _refuse_identical(sae_dirs: list[Path], saes: list[LoadedSAE]) -> None:
 
 
 def _load_ground_truth(acts_dir: Path, d_in: int) -> tuple[Tensor, Any, int | None]:
-    from husai.io import load_safetensors
-
     acts_path = acts_dir / "acts.safetensors"
     if not acts_path.is_file():
         raise UserError(f"{acts_path}: missing (expected an activation directory)")

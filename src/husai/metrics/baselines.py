@@ -38,6 +38,8 @@ import torch
 from torch import Tensor
 
 from husai.io import atomic_write_json
+from husai.metrics.similarity import mmcs, pw_mcc, shared_fraction
+from husai.metrics.subspace import span_overlap, subspace_overlap
 
 log = logging.getLogger(__name__)
 
@@ -206,46 +208,32 @@ def _pair(n_a: int, n_b: int, d: int, gen: torch.Generator) -> tuple[Tensor, Ten
 
 
 def _rand_pw_mcc(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
-    from husai.metrics.stability import pw_mcc
-
     return pw_mcc(*_pair(n_a, n_b, d, gen))
 
 
 def _rand_pw_mcc_abs(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
-    from husai.metrics.stability import pw_mcc
-
     return pw_mcc(*_pair(n_a, n_b, d, gen), signed=False)
 
 
 def _rand_mmcs(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
-    from husai.metrics.stability import mmcs
-
     return mmcs(*_pair(n_a, n_b, d, gen))
 
 
 def _rand_shared(n_a: int, n_b: int, d: int, gen: torch.Generator, tau: float = 0.7) -> float:
-    from husai.metrics.stability import shared_fraction
-
     dec_a, dec_b = _pair(n_a, n_b, d, gen)
     enc_a, enc_b = _pair(n_a, n_b, d, gen)
     return shared_fraction(dec_a, dec_b, enc_a, enc_b, tau=tau)
 
 
 def _rand_shared_dec(n_a: int, n_b: int, d: int, gen: torch.Generator, tau: float = 0.7) -> float:
-    from husai.metrics.stability import shared_fraction
-
     return shared_fraction(*_pair(n_a, n_b, d, gen), tau=tau)
 
 
 def _rand_subspace(n_a: int, n_b: int, d: int, gen: torch.Generator, r: int = 16) -> float:
-    from husai.metrics.subspace import subspace_overlap
-
     return subspace_overlap(*_pair(n_a, n_b, d, gen), r=r)
 
 
 def _rand_span(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
-    from husai.metrics.subspace import span_overlap
-
     return span_overlap(*_pair(n_a, n_b, d, gen))
 
 

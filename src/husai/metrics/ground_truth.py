@@ -40,10 +40,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from husai.errors import UserError
+from husai.io import load_safetensors
 from husai.metrics.baselines import MetricValue, metric_value, monte_carlo, random_unit
 from husai.metrics.inputs import as_decoder
 from husai.metrics.matching import unit_rows
-from husai.metrics.stability import pw_mcc
+from husai.metrics.similarity import pw_mcc
 from husai.metrics.subspace import row_basis
 
 
@@ -78,8 +79,6 @@ def key_planes(planes: PlanesLike) -> Planes:
 
 def load_planes(acts_dir: str | Path) -> Planes:
     """Read ``planes.safetensors`` (+ ``meta.json`` plane variables) from an activation dir."""
-    from husai.io import load_safetensors
-
     path = Path(acts_dir) / "planes.safetensors"
     if not path.is_file():
         raise UserError(f"{path}: no Fourier planes (expected an activation directory)")

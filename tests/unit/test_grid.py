@@ -1,12 +1,10 @@
 """Study grids: expansion into batched units, content-hash ids, early validation."""
 
-import numpy as np
 import pytest
 
 from husai.config import ConfigError, StudyConfig
 from husai.errors import UserError
 from husai.experiments.grid import estimate_cost, expand_grid
-from husai.experiments.tables import bootstrap_ci
 
 
 def _study(**grid: object) -> StudyConfig:
@@ -61,13 +59,6 @@ def test_cost_estimate_counts_sae_steps() -> None:
     )
     cost = estimate_cost(expand_grid(study), {"blocks.0.hook_resid_post": 128})
     assert cost["saes"] == 2 * 5 and cost["sae_steps"] == 10 * 100 and cost["flops"] > 0
-
-
-def test_bootstrap_ci_brackets_the_mean() -> None:
-    vals = np.random.default_rng(0).normal(0.5, 0.1, size=50)
-    lo, hi = bootstrap_ci(vals, 2000, seed=0)
-    assert lo < vals.mean() < hi and hi - lo < 0.1
-    assert bootstrap_ci(vals, 2000, seed=0) == (lo, hi)
 
 
 def test_repeated_sparsity_values_are_refused() -> None:

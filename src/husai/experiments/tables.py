@@ -3,7 +3,7 @@
 - ``results.parquet``: one row per SAE (config columns + evaluation + ground truth).
 - ``pairs.parquet``: one row per seed pair and metric, with its baselines.
 - ``summary.parquet``: one row per group (arch, width, hook, checkpoint, sparsity) and
-  metric: mean over pairs, a bootstrap CI over pairs, baselines, excess and ratio.
+  metric: mean over pairs, a bootstrap CI that resamples seeds, baselines, excess and ratio.
 - ``dynamics.parquet``: cross-seed stability at each training snapshot.
 
 Rows are sorted and the bootstrap is seeded, so the same units give the same bits.
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from husai.io import atomic_write_bytes
+from husai.metrics.bootstrap import seed_bootstrap_ci
 
 GROUP_COLS = ["arch", "d_sae", "hook", "checkpoint", "sparsity_name", "sparsity"]
 
@@ -89,7 +90,7 @@ def summarise(pairs: Any, results: Any, bootstrap: int, seed: int) -> Any:
     rows = []
     for (gid, metric), df in pairs.groupby(["group_id", "metric"], sort=True):
         vals = df["value"].to_numpy(dtype=np.float64)
-        lo, hi = bootstrap_ci(vals, bootstrap, seed)
+        lo, hi = seed_bootstrap_ci(vals, df["seed_a"], df["seed_b"], bootstrap, seed)
         first = df.iloc[0]
         base = float(df["baseline"].mean())
         row = {
@@ -132,16 +133,3 @@ def _group_eval(results: Any, key: Any) -> dict[str, float]:
         if col in sel:
             out[f"{col}_mean"] = float(sel[col].mean()) if len(sel) else float("nan")
     return out
-
-
-def bootstrap_ci(
-    values: np.ndarray, n_boot: int, seed: int, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean over pairs (pairs share seeds, so this is optimistic)."""
-    if n_boot == 0 or len(values) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    means = values[idx].mean(axis=1)
-    alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from husai.metrics.baselines import MetricValue, metric_value, monte_carlo, random_unit_baseline
+from husai.metrics.bootstrap import seed_bootstrap_ci
 from husai.metrics.inputs import alive_from_codes, as_decoder, as_encoder, as_mask
 from husai.metrics.matching import match
 from husai.metrics.similarity import (
@@ -282,10 +283,10 @@ def stability_set(
     seed: int = 0,
     **pair_kwargs: Any,
 ) -> dict[str, MetricValue]:
-    """Every metric averaged over all seed pairs, with a percentile bootstrap CI over pairs.
+    """Every metric averaged over all seed pairs, with a percentile bootstrap CI that
+    resamples seeds (:mod:`husai.metrics.bootstrap`; NaN-free only from 3 seeds on).
 
-    The value, baseline and init baseline are means over pairs; pairs share seeds, so the
-    CI is optimistic. ``extra['pairs']`` lists the per-pair values; ``extra['per_latent']``
+    The value, baseline and init baseline are means over pairs. ``extra['pairs']`` lists the per-pair values; ``extra['per_latent']``
     the per-latent stability of the first SAE against the others.
     """
     if len(saes) < 2:
@@ -308,7 +309,8 @@ def stability_set(
         )
         for name, mv in vals.items():
             per_pair.setdefault(name, []).append(mv)
-    out = {name: _aggregate(mvs, n_boot, seed) for name, mvs in per_pair.items()}
+    pairs = list(combinations(range(len(saes)), 2))
+    out = {name: _aggregate(mvs, pairs, n_boot, seed) for name, mvs in per_pair.items()}
     per_latent = per_latent_stability(saes[0], saes[1:])
     out["pw_mcc"].extra["per_latent_ref0"] = per_latent.mean(axis=1).tolist()
     return out
@@ -318,9 +320,12 @@ def _at(xs: list[Any] | None, i: int) -> Any:
     return None if xs is None else xs[i]
 
 
-def _aggregate(mvs: list[MetricValue], n_boot: int, seed: int) -> MetricValue:
+def _aggregate(
+    mvs: list[MetricValue], pairs: list[tuple[int, int]], n_boot: int, seed: int
+) -> MetricValue:
     vals = np.array([mv.value for mv in mvs])
-    ci = bootstrap_ci(vals, n_boot, seed) if n_boot and len(vals) > 1 else None
+    lo, hi = seed_bootstrap_ci(vals, [a for a, _ in pairs], [b for _, b in pairs], n_boot, seed)
+    ci = None if np.isnan(lo) else (lo, hi)
     first = mvs[0]
     return metric_value(
         first.name,
@@ -335,13 +340,3 @@ def _aggregate(mvs: list[MetricValue], n_boot: int, seed: int) -> MetricValue:
         note=first.note,
         extra={"pairs": vals.tolist(), "n_latents_pairs": [list(mv.n_latents) for mv in mvs]},
     )
-
-
-def bootstrap_ci(
-    values: np.ndarray, n_boot: int, seed: int, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (resampling pairs)."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-    alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))

@@ -48,7 +48,7 @@ def _per_arch(store: RunStore, s: Any) -> Section:
         return sub
     sub.add(
         Para(
-            "Points: mean over seed pairs, bars: 95% bootstrap CI; shaded band: range of the per-pair random-dictionary baselines (same widths, same alive counts); dotted: their mean; dash-dot: the same metric between untrained (initial) SAEs."
+            "Points: mean over seed pairs, bars: 95% bootstrap CI resampling seeds; shaded band: range of the per-pair random-dictionary baselines (same widths, same alive counts); dotted: their mean; dash-dot: the same metric between untrained (initial) SAEs."
         )
     )
     data = s[s.metric.isin(present)]

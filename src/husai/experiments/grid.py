@@ -68,11 +68,13 @@ class Unit:
     def unit_id(self, activations_id: str) -> str:
         """Content hash of this unit and the activations it trains on."""
         blob = json.dumps({"unit": self.content(), "acts": activations_id}, sort_keys=True)
-        slug = f"{self.arch}-w{self.d_sae}-{hook_slug(self.hook)}-{self.checkpoint}"
+        slug = f"{self.arch}-w{self.d_sae}-{hook_abbrev(self.hook)}-{self.checkpoint}"
         return f"{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-def hook_slug(hook: str) -> str:
+def hook_abbrev(hook: str) -> str:
+    """Short hook name for unit ids (``blocks.0.hook_resid_post`` -> ``L0-resid_post``).
+    Directory names use the full name, :func:`husai.activations.hook_slug`."""
     return (
         hook.replace("blocks.", "L").replace(".hook_", "-").replace("hook_", "").replace(".", "-")
     )

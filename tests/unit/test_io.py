@@ -55,10 +55,11 @@ def test_cli_reports_a_corrupt_sae_in_one_line(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    sae = tmp_path / "sae"
-    sae.mkdir()
-    (sae / "cfg.json").write_text("{}")
-    (sae / "sae_weights.safetensors").write_bytes(b"\x00" * 16)
+    sae, other = tmp_path / "sae", tmp_path / "other"
+    for d in (sae, other):
+        d.mkdir()
+        (d / "cfg.json").write_text("{}")
+        (d / "sae_weights.safetensors").write_bytes(b"\x00" * 16)
     proc = subprocess.run(
         [
             sys.executable,
@@ -66,7 +67,7 @@ def test_cli_reports_a_corrupt_sae_in_one_line(tmp_path: Path) -> None:
             "husai.cli",
             "analyze",
             str(sae),
-            str(sae),
+            str(other),
             "--out",
             str(tmp_path / "a.json"),
         ],

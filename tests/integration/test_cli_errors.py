@@ -17,6 +17,7 @@ import yaml
 from study_fixtures import write_study
 from typer.testing import CliRunner
 
+from cli_helpers import invoke_husai
 from husai.cli import app
 from husai.io import atomic_save_safetensors, load_safetensors
 
@@ -39,16 +40,8 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("husai.experiments.runner.ensure_model", no_model)
 
 
-def _husai(*args: object) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert not isinstance(result.exception, Exception) or isinstance(
-        result.exception, SystemExit
-    ), result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
 def _one_error_line(args: list[object], *expected: str) -> str:
-    code, _, err = _husai(*args)
+    code, _, err = invoke_husai(*args)
     lines = err.strip().splitlines()
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -94,7 +87,7 @@ def test_an_empty_config_is_an_error(tmp_path: Path, command: str, text: str) ->
 
 @pytest.mark.parametrize(("path", "kind"), [(TOPK, "experiment"), (STUDY, "study")])
 def test_validate_says_which_kind_it_read(path: Path, kind: str) -> None:
-    code, out, err = _husai("validate", path)
+    code, out, err = invoke_husai("validate", path)
     assert code == 0, err
     first, rest = out.split("\n", 1)
     assert first == f"# {path}: valid {kind} config"
@@ -145,7 +138,7 @@ def test_a_study_refuses_duplicate_seeds(tmp_path: Path) -> None:
 
 def test_set_arch_drops_the_old_architectures_fields(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="husai.config"):
-        code, out, err = _husai("validate", TOPK, "--set", "sae.arch=jumprelu")
+        code, out, err = invoke_husai("validate", TOPK, "--set", "sae.arch=jumprelu")
     assert code == 0, err
     sae = yaml.safe_load(out)["sae"]
     assert sae["arch"] == "jumprelu" and "k" not in sae
@@ -210,7 +203,9 @@ def trained(tmp_path: Path) -> Path:
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(_tiny_experiment(init_seeds=[0, 1, 2]))
     out = tmp_path / "saes"
-    code, _, err = _husai("train-saes", cfg, "--activations", _acts_dir(tmp_path), "--out", out)
+    code, _, err = invoke_husai(
+        "train-saes", cfg, "--activations", _acts_dir(tmp_path), "--out", out
+    )
     assert code == 0, err
     return out
 
@@ -227,7 +222,7 @@ def test_analyze_takes_the_natural_glob(
     group_json = [p for p in glob if p.name.startswith("group_")]
     assert group_json  # what used to fail
     with caplog.at_level(logging.WARNING, logger="husai.metrics.analyze"):
-        code, out, err = _husai("analyze", *glob, "--out", tmp_path / "a.json")
+        code, out, err = invoke_husai("analyze", *glob, "--out", tmp_path / "a.json")
     assert code == 0, err
     assert "stability over 3 SAEs (3 pairs)" in out
     assert f"skipping {group_json[0]} (a file" in caplog.text
@@ -236,7 +231,7 @@ def test_analyze_takes_the_natural_glob(
 
 
 def test_analyze_takes_the_group_directory(trained: Path, tmp_path: Path) -> None:
-    code, out, err = _husai("analyze", trained, "--out", tmp_path / "a.json")
+    code, out, err = invoke_husai("analyze", trained, "--out", tmp_path / "a.json")
     assert code == 0, err
     assert "stability over 3 SAEs (3 pairs)" in out
 
@@ -303,9 +298,6 @@ def test_analyze_a_directory_without_saes(tmp_path: Path) -> None:
 
 def test_threads_option_sets_torch_threads_and_refuses_zero() -> None:
     import torch
-    from typer.testing import CliRunner
-
-    from husai.cli import app
 
     old = torch.get_num_threads()
     try:

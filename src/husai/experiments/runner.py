@@ -1,21 +1,32 @@
 """``run_study``: the main job, resumable at every stage.
 
-Stages, each skipped when its outputs exist for the same content:
+Before anything is written, the study is checked: its grid, its ``transformer_run`` (a
+path that holds no model run is an error; ``transformer_run: null`` asks for a new model),
+its hook names and its checkpoints. Then the run store is locked (one writer) and the
+stages run, each skipped when its outputs exist for the same content:
 
-1. model: reuse the study's committed model run if its task/model/train config matches,
-   else train one into ``<store>/model_run``; copy its curves and Fourier analysis to
+1. model: reuse the study's ``transformer_run`` if its task/model/train config matches,
+   else train one into ``<store>/<name>-model``; copy its curves and Fourier analysis to
    ``<store>/model/``;
 2. activations: every (checkpoint, hook) of the grid, with its ground-truth planes;
 3. units: every batched SAE training pass, through the chosen executor; the driver
-   writes each result as it arrives (``unit.json`` last) and logs it to W&B;
+   writes each result as it arrives and logs it to W&B; a unit whose files are missing
+   or fail their checksum is redone;
 4. tables: ``results``, ``pairs``, ``summary``, ``dynamics`` (parquet), failures,
    provenance;
 5. the report (``report.html`` and ``report.md``).
+
+A full disk is one line (:class:`DiskFullError`); Ctrl-C is :class:`RunInterrupted`, whose
+message says that rerunning resumes. Either way the lock is released.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +41,7 @@ from rich.progress import (
 )
 
 from husai.config import StudyConfig
-from husai.errors import UserError
+from husai.errors import DiskFullError, RunInterrupted, UserError
 from husai.experiments.executors import run_local, run_ray
 from husai.experiments.grid import Unit, estimate_cost, expand_grid
 from husai.experiments.provenance import provenance
@@ -60,16 +71,42 @@ def run_study(
         raise UserError(f"--executor: expected 'local' or 'ray', got {executor!r}")
     study = StudyConfig.from_yaml(study_path, overrides)
     units = expand_grid(study)  # validates every grid value before any work
-    store = RunStore(Path(out) if out else Path("runs") / study.name)
+    reuse = model_to_reuse(study, study_path)
+    check_hooks_and_checkpoints(study, study_path, reuse)
+    root = Path(out) if out else Path("runs") / study.name
+    try:
+        with _disk_full_is_one_line(root):
+            store = RunStore(root)
+            with store.lock():
+                return _run(study, store, units, reuse, executor, address, report, console)
+    except KeyboardInterrupt:
+        raise RunInterrupted(
+            f"run interrupted; finished units are kept in {root}; rerun the same command to resume"
+        ) from None
+
+
+def _run(
+    study: StudyConfig,
+    store: RunStore,
+    units: list[Unit],
+    reuse: Path | None,
+    executor: str,
+    address: str | None,
+    report: bool,
+    console: Console,
+) -> Path:
+    """The five stages, in a locked store."""
+    store.remove_leftovers()
     study.to_yaml(store.root / "study.yaml")
     console.print(
         f"[bold]study[/] {study.name}: {len(units)} units, {sum(u.n_models for u in units)} SAEs -> {store.root}"
     )
 
     console.print("[bold]stage 1/5[/] model")
-    model_dir = ensure_model(study, store)
+    model_dir = ensure_model(study, store, reuse)
     console.print("[bold]stage 2/5[/] activations")
-    acts_dirs = ensure_activations(study, store, model_dir)
+    with _disk_full_is_one_line(store.root / "activations"):
+        acts_dirs = ensure_activations(study, store, model_dir)
     d_in = {hook: _acts_dim(path) for (_, hook), path in acts_dirs.items()}
     cost = estimate_cost(units, d_in)
     console.print(
@@ -101,31 +138,85 @@ def run_study(
     )
 
 
-def ensure_model(study: StudyConfig, store: RunStore) -> Path:
-    """The model run to use: the committed one if its config matches, else a trained one."""
+def model_to_reuse(study: StudyConfig, study_path: str | Path) -> Path | None:
+    """The model run to reuse, or None to train one (``transformer_run: null``, or a run
+    trained with another config). A ``transformer_run`` that holds no model run is an error."""
     from husai.model.store import config_fingerprint, load_run_config
+
+    if study.transformer_run is None:
+        log.info("transformer_run is null: the study trains its own model")
+        return None
+    run = _resolve(study.transformer_run)
+    if run is None:
+        raise UserError(
+            f"{study_path}: transformer_run: no model run at {study.transformer_run} "
+            "(no model.safetensors there); fix the path, or set transformer_run: null "
+            "to train a new model"
+        )
+    if config_fingerprint(load_run_config(run)) != config_fingerprint(study.model_experiment()):
+        log.warning("transformer_run %s was trained with another config; training a new model", run)
+        return None
+    return run
+
+
+def check_hooks_and_checkpoints(
+    study: StudyConfig, study_path: str | Path, reuse: Path | None
+) -> None:
+    """Every grid hook exists in the model and every checkpoint is one the model has (or,
+    for a model still to train, one its training will save); else one UserError line."""
+    from husai.model.build import build_model
+    from husai.model.splice import check_hook
+    from husai.model.store import list_checkpoints
+    from husai.model.train import checkpoint_steps
+
+    model = build_model(study.task, study.model)
+    for hook in study.hooks:
+        try:
+            check_hook(model, hook)
+        except UserError as err:
+            raise UserError(f"{study_path}: grid.hooks: {err}") from None
+    if reuse is not None:
+        have, source = list_checkpoints(reuse), f"checkpoints of {reuse}"
+    else:
+        have = checkpoint_steps(study.train.steps, study.train.n_checkpoints)
+        source = "checkpoints the model's training will save"
+    for checkpoint in study.checkpoints:
+        step = re.fullmatch(r"step_(\d+)", checkpoint)
+        if checkpoint != "final" and (step is None or int(step.group(1)) not in have):
+            listed = ", ".join(f"step_{s}" for s in have) or "none"
+            raise UserError(
+                f"{study_path}: grid.checkpoints: expected 'final' or one of the {source} "
+                f"({listed}), got {checkpoint!r}"
+            )
+
+
+def ensure_model(study: StudyConfig, store: RunStore, reuse: Path | None) -> Path:
+    """The model run to use: ``reuse`` if given, else one trained into the store."""
     from husai.model.train import train_model
 
-    cfg = study.model_experiment()
-    model_dir = None
-    if study.transformer_run:
-        candidate = _resolve(study.transformer_run)
-        if candidate is None:
-            log.warning("transformer_run %s not found; training the model", study.transformer_run)
-        elif config_fingerprint(load_run_config(candidate)) == config_fingerprint(cfg):
-            model_dir = candidate
-        else:
-            log.warning(
-                "transformer_run %s was trained with another config; training a new model",
-                candidate,
-            )
-    if model_dir is None:
-        model_dir = train_model(cfg, store.root)
+    if reuse is None:
+        with _disk_full_is_one_line(store.root / study.model_experiment().name):
+            model_dir = train_model(study.model_experiment(), store.root)
+    else:
+        model_dir = reuse
     dest = store.root / "model"
-    for name in ("config.yaml", "curves.json", "fourier.json", "metrics.json"):
-        if (model_dir / name).is_file():
-            atomic_write_bytes(dest / name, (model_dir / name).read_bytes())
+    with _disk_full_is_one_line(dest):
+        for name in ("config.yaml", "curves.json", "fourier.json", "metrics.json"):
+            if (model_dir / name).is_file():
+                atomic_write_bytes(dest / name, (model_dir / name).read_bytes())
     return model_dir
+
+
+@contextmanager
+def _disk_full_is_one_line(path: Path) -> Iterator[None]:
+    """ENOSPC while writing under ``path`` becomes a DiskFullError naming it; the atomic
+    writers have removed their temporary files by then, so nothing partial is kept."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise DiskFullError.writing(path) from None
 
 
 def ensure_activations(

@@ -169,7 +169,8 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.skipif(
-    _chromium() is None, reason="chromium binary not installed (apt-get install chromium)"
+    _chromium() is None,
+    reason="chromium not found on PATH; install it with: apt-get install chromium",
 )
 def test_page_loads_in_headless_chromium(stable, tmp_path):
     shot = tmp_path / "shot.png"

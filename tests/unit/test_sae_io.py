@@ -47,7 +47,7 @@ def groups() -> dict:
 @pytest.mark.parametrize("arch", list(CFGS))
 def test_round_trip_matches_batched_model(arch, groups, tmp_path) -> None:
     group = groups[arch]
-    path = save_sae(tmp_path / "sae", group, 1, extra={"hook_name": "blocks.0.hook_resid_post"})
+    path = save_sae(tmp_path / "sae", group, 1, hook_name="blocks.0.hook_resid_post")
     loaded = load_sae(path)
     x = _acts(64) * 7.0
     codes = group.sae.encode(x)[1]
@@ -65,8 +65,12 @@ def test_round_trip_matches_batched_model(arch, groups, tmp_path) -> None:
 @pytest.mark.parametrize("arch", list(CFGS))
 def test_saelens_loads_our_sae_and_agrees(arch, groups, tmp_path) -> None:
     sae_lens = pytest.importorskip("sae_lens")
-    path = save_sae(tmp_path / "sae", groups[arch], 0)
+    path = save_sae(
+        tmp_path / "sae", groups[arch], 0, hook_name="blocks.0.hook_mlp_out", model_name="m"
+    )
     theirs = sae_lens.SAE.load_from_disk(str(path))
+    assert theirs.cfg.metadata.hook_name == "blocks.0.hook_mlp_out"  # kept, not dropped
+    assert theirs.cfg.metadata.model_name == "m" and theirs.cfg.metadata.prepend_bos is False
     ours = load_sae(path)
     x = torch.randn(128, D) * 20
     assert torch.allclose(theirs.encode(x), ours.encode(x), atol=1e-5)

@@ -120,8 +120,17 @@ def _measure_sae(
     unit, (cfg, seed) = payload.unit, member
     sparsity = float(getattr(cfg, unit.sparsity_name))
     sae_id = f"{unit.sparsity_name}{sparsity:g}-seed{seed}"
+    model_cfg = payload.model_cfg
     with tempfile.TemporaryDirectory() as tmp:
-        save_sae(Path(tmp) / "sae", group, idx)
+        save_sae(
+            Path(tmp) / "sae",
+            group,
+            idx,
+            hook_name=unit.hook,
+            model_name=model_cfg.name if model_cfg is not None else None,
+            context_size=model_cfg.task.n_ctx if model_cfg is not None else None,
+            extra={"checkpoint": unit.checkpoint},
+        )
         single = load_sae(Path(tmp) / "sae")
         files = {
             p.name: p.read_bytes() for p in sorted((Path(tmp) / "sae").iterdir()) if p.is_file()

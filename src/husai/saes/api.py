@@ -63,15 +63,20 @@ def train_saes_from_config(
     group = train_group(
         acts_ND, [cfg.sae], cfg.sae_train, checkpoint_dir=out_parent / f".checkpoint_{gid}"
     )
-    extra = {
+    source = {
         "hook_name": meta.get("hook", cfg.hook),
+        "model_name": cfg.name,
+        "context_size": cfg.task.n_ctx,
+    }
+    extra = {
         "experiment": cfg.name,
         "activations_dir": str(activations_dir),
         "model_sha256": meta.get("model_sha256"),
+        "checkpoint": meta.get("checkpoint"),
     }
     dirs = []
     for i in range(group.sae.n_models):
-        path = save_sae(out_parent / sae_id(group, i), group, i, extra=extra)
+        path = save_sae(out_parent / sae_id(group, i), group, i, **source, extra=extra)
         metrics = evaluate(group.sae, acts_ND, index=i)
         alive = metrics.pop("alive_mask")
         metrics |= {

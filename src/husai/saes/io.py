@@ -11,6 +11,14 @@ folded into the weights, see :mod:`husai.saes.trainer`), and for topk ``k`` and
 ``rescale_acts_by_decoder_norm = false``. A ``husai`` sub-dict records the HUSAI
 architecture, its config, init seed, sparsity, training config and the folded scale.
 
+Where the activations came from goes in SAELens' ``metadata``: ``hook_name`` (the full
+TransformerLens hook name, where ``HookedSAETransformer.add_sae`` splices; without it
+SAELens skips the SAE), ``model_name`` (the name of the transformer's run),
+``model_class_name``, ``prepend_bos`` (false: HUSAI inputs carry no BOS),
+``context_size`` and ``sae_lens_version`` (without it SAELens reads the file as pre-6.0
+and drops the metadata). An SAE on a ``hook_z`` gets ``reshape_activations = "hook_z"``:
+SAELens then flattens (heads, d_head) as HUSAI does when it extracts those activations.
+
 Reading (:func:`load_sae`) accepts our directories and SAELens ones: inference
 configs ('standard', 'topk', 'jumprelu') and training saves ('batchtopk', whose
 scalar ``topk_threshold`` becomes a JumpReLU threshold). A topk SAE saved with
@@ -21,6 +29,7 @@ on load (exactly equivalent), so ``W_dec`` rows are unit norm.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +42,7 @@ from husai.errors import UserError
 from husai.io import atomic_save_safetensors, atomic_write_json
 from husai.saes.base import BatchedSAE
 
+log = logging.getLogger(__name__)
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SAELENS_ARCH = {
@@ -42,6 +52,9 @@ SAELENS_ARCH = {
     "jumprelu": "jumprelu",
     "matryoshka": "jumprelu",
 }
+SAELENS_FORMAT_VERSION = "6.54.0"
+"""The SAELens release whose cfg.json we write; SAELens reads a cfg.json without a
+``sae_lens_version`` as pre-6.0 and then drops its ``metadata`` (hook_name included)."""
 FROM_SAELENS = {
     "standard": "relu",
     "topk": "topk",
@@ -51,10 +64,24 @@ FROM_SAELENS = {
 
 
 def save_sae(
-    sae_dir: str | Path, group_or_sae: Any, index: int, extra: dict[str, Any] | None = None
+    sae_dir: str | Path,
+    group_or_sae: Any,
+    index: int,
+    *,
+    hook_name: str | None = None,
+    model_name: str | None = None,
+    context_size: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write model ``index`` of a GroupResult or BatchedSAE to ``sae_dir`` (SAELens format)."""
+    """Write model ``index`` of a GroupResult or BatchedSAE to ``sae_dir`` (SAELens format).
+
+    ``hook_name`` (full TransformerLens name, e.g. ``blocks.0.hook_resid_post``),
+    ``model_name`` (the transformer's run) and ``context_size`` become SAELens' ``metadata``;
+    every HUSAI writer passes them. ``extra`` is merged into the ``husai`` sub-dict.
+    """
     sae_dir = Path(sae_dir)
+    if hook_name is None:
+        log.warning("%s: saved without hook_name; SAELens' add_sae will skip this SAE", sae_dir)
     sae: BatchedSAE = getattr(group_or_sae, "sae", group_or_sae)
     if not 0 <= index < sae.n_models:
         raise UserError(f"index: expected 0 <= index < {sae.n_models}, got {index}")
@@ -70,12 +97,33 @@ def save_sae(
     atomic_save_safetensors(
         sae_dir / WEIGHTS_FILE, {k: v.detach().float() for k, v in tensors.items()}
     )
-    atomic_write_json(sae_dir / CFG_FILE, _cfg_dict(sae, group_or_sae, index, extra or {}))
+    metadata = saelens_metadata(hook_name, model_name, context_size)
+    atomic_write_json(
+        sae_dir / CFG_FILE, _cfg_dict(sae, group_or_sae, index, metadata, extra or {})
+    )
     return sae_dir
 
 
-def _cfg_dict(sae: BatchedSAE, group: Any, index: int, extra: dict[str, Any]) -> dict[str, Any]:
+def saelens_metadata(
+    hook_name: str | None, model_name: str | None, context_size: int | None = None
+) -> dict[str, Any]:
+    """SAELens' ``cfg.json`` ``metadata`` for an SAE on ``hook_name`` of a HUSAI transformer."""
+    meta = {
+        "sae_lens_version": SAELENS_FORMAT_VERSION,
+        "hook_name": hook_name,
+        "model_name": model_name,
+        "model_class_name": "HookedTransformer",
+        "prepend_bos": False,
+        "context_size": context_size,
+    }
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def _cfg_dict(
+    sae: BatchedSAE, group: Any, index: int, metadata: dict[str, Any], extra: dict[str, Any]
+) -> dict[str, Any]:
     cfg = sae.arch.cfgs[index]
+    hook_z = metadata.get("hook_name", "").endswith("hook_z")
     out: dict[str, Any] = {
         "architecture": SAELENS_ARCH[cfg.arch],
         "d_in": sae.d_in,
@@ -84,8 +132,8 @@ def _cfg_dict(sae: BatchedSAE, group: Any, index: int, extra: dict[str, Any]) ->
         "device": "cpu",
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": {k: extra[k] for k in ("hook_name", "model_name") if k in extra},
+        "reshape_activations": "hook_z" if hook_z else "none",
+        "metadata": metadata,
     }
     if cfg.arch == "topk":
         out |= {"k": cfg.k, "rescale_acts_by_decoder_norm": False}

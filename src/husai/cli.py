@@ -46,6 +46,9 @@ def _call(module: str, func: str, *args: Any, **kwargs: Any) -> Any:
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt as err:  # e.g. RunInterrupted, whose message says how to resume
+        typer.echo(str(err) or "interrupted", err=True)
+        raise typer.Exit(130) from None
 
 
 def _load(path: Path, overrides: Optional[list[str]], kind: str = "experiment") -> Any:
@@ -154,6 +157,44 @@ def analyze(
     table = _call("husai.metrics.analyze", "analyze_dirs", sae_dirs, ground_truth, out)
     print(table)
     print(f"json: {out}")
+
+
+@app.command("trust")
+def trust(
+    sae_dirs: list[Path] = typer.Argument(
+        ...,
+        help="Two or more SAE directories in SAELens format (any source, one d_in), "
+        "or a directory of them.",
+    ),
+    activations: Optional[Path] = typer.Option(
+        None,
+        help="HUSAI activation directory, or a .safetensors/.npy/.pt tensor (n x d_in): adds "
+        "firing frequency and the correlation of each latent's codes with its partners'.",
+    ),
+    tau: float = typer.Option(
+        0.7, help="Decoder cosine at which a latent counts as found in another SAE, in (0, 1]."
+    ),
+    subspace_rank: Optional[int] = typer.Option(
+        None,
+        help="r of the reproducible subspace (default: the participation ratio of the other "
+        "SAEs' unstable latents, at most d_in/4).",
+    ),
+    out: Path = typer.Option(Path("trust"), help="Directory for trust.parquet, .csv and .html."),
+) -> None:
+    """Per-latent trust: which latents reappear in the other SAEs (stability at tau), their
+    partners, and the reproducible subspace; each beside its random baseline."""
+    _check_out_dir(out)
+    text = _call(
+        "husai.report.trust_page",
+        "trust_report",
+        sae_dirs,
+        out,
+        activations=activations,
+        tau=tau,
+        subspace_rank=subspace_rank,
+    )
+    print(text)
+    print(f"table: {out / 'trust.parquet'}, {out / 'trust.csv'}; page: {out / 'trust.html'}")
 
 
 StudyOut = typer.Option(None, "--out", help="Run store directory (default runs/<study-name>).")

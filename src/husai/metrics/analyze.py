@@ -51,18 +51,11 @@ def analyze_dirs(
 
     ``trials``: Monte Carlo draws per random baseline (default: by problem size).
     """
-    sae_dirs = expand_sae_dirs([Path(p) for p in sae_dirs])
-    saes = [load_sae_dir(p) for p in sae_dirs]
-    for path, sae in zip(sae_dirs, saes, strict=True):
-        check_sae(path, sae)
-    _refuse_identical(sae_dirs, saes)
+    sae_dirs, saes = load_sae_dirs(sae_dirs)
     decs = [as_decoder(s) for s in saes]
-    d_ins = {int(dec.shape[1]) for dec in decs}
-    if len(d_ins) != 1:
-        raise UserError(f"analyze: SAEs read different input widths {sorted(d_ins)}")
     codes = acts = planes = modulus = None
     if ground_truth is not None:
-        acts, planes, modulus = _load_ground_truth(Path(ground_truth), d_ins.pop())
+        acts, planes, modulus = _load_ground_truth(Path(ground_truth), saes[0].d_in)
         codes = [_encode(s, acts) for s in saes]
     result: dict[str, Any] = {"sae_dirs": [str(p) for p in sae_dirs], "ground_truth": None}
     stab = stability_set(
@@ -88,14 +81,33 @@ def analyze_dirs(
     return "\n".join(lines)
 
 
-def expand_sae_dirs(paths: list[Path]) -> list[Path]:
+def load_sae_dirs(
+    paths: list[Path], command: str = "analyze"
+) -> tuple[list[Path], list[LoadedSAE]]:
+    """Two or more distinct, checked SAEs of one input width, from what a user passed.
+
+    :func:`expand_sae_dirs`, then :func:`check_sae` and :func:`refuse_identical` on each,
+    then one ``d_in`` for all; ``command`` names the command in the error lines.
+    """
+    dirs = expand_sae_dirs([Path(p) for p in paths], command)
+    saes = [load_sae_dir(p) for p in dirs]
+    for path, sae in zip(dirs, saes, strict=True):
+        check_sae(path, sae)
+    refuse_identical(dirs, saes)
+    if len({sae.d_in for sae in saes}) != 1:
+        widths = ", ".join(f"{p} d_in={s.d_in}" for p, s in zip(dirs, saes, strict=True))
+        raise UserError(f"{command}: SAEs read different input widths ({widths})")
+    return dirs, saes
+
+
+def expand_sae_dirs(paths: list[Path], command: str = "analyze") -> list[Path]:
     """Two or more distinct SAE directories from what a user passed.
 
     A directory holding SAE directories (``husai train-saes --out``) stands for all of
     them; a plain file (the ``group_*.json`` a glob picks up) or a hidden directory
     (``.checkpoint_*``) is skipped with a log line.
     """
-    dirs = [d for path in paths for d in _sae_dirs_in(path)]
+    dirs = [d for path in paths for d in _sae_dirs_in(path, command)]
     seen: dict[Path, Path] = {}
     for d in dirs:
         if d.resolve() in seen:
@@ -103,7 +115,7 @@ def expand_sae_dirs(paths: list[Path]) -> list[Path]:
         seen[d.resolve()] = d
     if len(dirs) < 2:
         got = f"got {len(dirs)}" + (f" ({dirs[0]})" if dirs else "")
-        raise UserError(f"analyze: expected at least 2 SAE directories to compare, {got}")
+        raise UserError(f"{command}: expected at least 2 SAE directories to compare, {got}")
     return dirs
 
 
@@ -112,12 +124,12 @@ def is_sae_dir(path: Path) -> bool:
     return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
-def _sae_dirs_in(path: Path) -> list[Path]:
+def _sae_dirs_in(path: Path, command: str) -> list[Path]:
     if is_sae_dir(path):
         return [path]
     if path.is_file() or (path.is_dir() and path.name.startswith(".")):
         what = "a file" if path.is_file() else "a hidden directory, e.g. a training checkpoint"
-        log.warning("analyze: skipping %s (%s, not an SAE directory)", path, what)
+        log.warning("%s: skipping %s (%s, not an SAE directory)", command, path, what)
         return []
     children = sorted(c for c in path.iterdir() if is_sae_dir(c)) if path.is_dir() else []
     if not children:
@@ -125,7 +137,7 @@ def _sae_dirs_in(path: Path) -> list[Path]:
             f"{path}: not an SAE directory (expected {CFG_FILE} and {WEIGHTS_FILE} in it, "
             "or SAE directories under it)"
         )
-    log.info("analyze: %s holds %d SAE directories", path, len(children))
+    log.info("%s: %s holds %d SAE directories", command, path, len(children))
     return children
 
 
@@ -151,7 +163,7 @@ def check_sae(path: Path, sae: LoadedSAE) -> None:
             )
 
 
-def _refuse_identical(sae_dirs: list[Path], saes: list[LoadedSAE]) -> None:
+def refuse_identical(sae_dirs: list[Path], saes: list[LoadedSAE]) -> None:
     """Two directories with the same weights would score a false 1.0: refuse them."""
     seen: dict[str, Path] = {}
     for path, sae in zip(sae_dirs, saes, strict=True):

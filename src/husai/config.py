@@ -15,6 +15,10 @@ Bad input raises :class:`ConfigError` whose message is one line naming the file,
 dotted field path and what was expected. An empty file is an error (never a default
 config), and repeated ``init_seeds`` are refused. ``--set sae.arch=X`` drops the
 ``sae`` fields that X does not have (logged), so architectures can be switched.
+
+Each SAE architecture's config class lives in its own module under :mod:`husai.saes`
+(with the rest of that architecture) and is re-exported here; the ``sae`` union and
+the grid's ``archs`` list the built-in architectures of :mod:`husai.saes.registry`.
 """
 
 from __future__ import annotations
@@ -28,16 +32,22 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from husai.errors import UserError
 from husai.io import atomic_write_text
+from husai.saes.batchtopk import BatchTopKSAEConfig as BatchTopKSAEConfig
+from husai.saes.config_base import FrozenConfig, SAEConfigBase
+from husai.saes.config_base import SAETrainConfig as SAETrainConfig
+from husai.saes.jumprelu import JumpReLUSAEConfig as JumpReLUSAEConfig
+from husai.saes.matryoshka import MatryoshkaSAEConfig as MatryoshkaSAEConfig
+from husai.saes.registry import BUILT_IN, get_architecture
+from husai.saes.relu import ReluSAEConfig as ReluSAEConfig
+from husai.saes.topk import TopKSAEConfig as TopKSAEConfig
 
 log = logging.getLogger(__name__)
 OPS = ("add", "sub", "mul", "div")
@@ -48,11 +58,7 @@ class ConfigError(UserError):
     """A user mistake in a config file or override. ``str(err)`` is one line."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class TaskConfig(_Frozen):
+class TaskConfig(FrozenConfig):
     """The algorithmic dataset: (a op b) mod p over all p^2 pairs."""
 
     modulus: Annotated[int, Field(strict=True, ge=2)] = 113
@@ -82,7 +88,7 @@ class TaskConfig(_Frozen):
         return 3 if self.token_format == "a_b_eq" else 4
 
 
-class ModelConfig(_Frozen):
+class ModelConfig(FrozenConfig):
     """The transformer (a TransformerLens HookedTransformer); defaults are Nanda et al. 2023."""
 
     n_layers: Annotated[int, Field(ge=1)] = 1
@@ -103,7 +109,7 @@ class ModelConfig(_Frozen):
     """Seed of the model's initialisation."""
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(FrozenConfig):
     """Full-batch AdamW training of the transformer (loss at the final position)."""
 
     steps: Annotated[int, Field(ge=1)] = 1500
@@ -130,149 +136,14 @@ class TrainConfig(_Frozen):
     """Train with the final-position forward (same parameters and logits, fewer FLOPs); false runs the plain HookedTransformer forward."""
 
 
-class _SAEBase(_Frozen):
-    d_sae: Annotated[int, Field(ge=1)] = 512
-    """Number of latents (dictionary width)."""
-
-
-class _KMixin(_SAEBase):
-    k: Annotated[int, Field(ge=1)] = 16
-    """Active latents per sample (TopK) or on average per sample (BatchTopK)."""
-
-    @field_validator("k")
-    @classmethod
-    def _k_le_d_sae(cls, k: int, info: ValidationInfo) -> int:
-        d_sae = info.data.get("d_sae")
-        if d_sae is not None and k > d_sae:
-            raise ValueError(f"expected k <= d_sae ({d_sae}), got {k}")
-        return k
-
-
-class ReluSAEConfig(_SAEBase):
-    """ReLU SAE with an L1 penalty weighted by decoder column norms (SAELens 'standard')."""
-
-    arch: Literal["relu"] = "relu"
-    l1_coefficient: Annotated[float, Field(ge=0)] = 1e-3
-    """Weight of the norm-weighted L1 sparsity penalty."""
-
-
-class TopKSAEConfig(_KMixin):
-    """TopK SAE with AuxK loss (Gao et al. 2024)."""
-
-    arch: Literal["topk"] = "topk"
-    aux_coefficient: Annotated[float, Field(ge=0)] = 1 / 32
-    """Weight of the AuxK loss on dead latents."""
-
-
-class BatchTopKSAEConfig(_KMixin):
-    """BatchTopK SAE (Bussmann et al. 2024): top k*B activations over the batch."""
-
-    arch: Literal["batchtopk"] = "batchtopk"
-    aux_coefficient: Annotated[float, Field(ge=0)] = 1 / 32
-    """Weight of the AuxK loss on dead latents."""
-
-
-class JumpReLUSAEConfig(_SAEBase):
-    """JumpReLU SAE with an L0 penalty through a straight-through estimator (Rajamanoharan et al. 2024)."""
-
-    arch: Literal["jumprelu"] = "jumprelu"
-    l0_coefficient: Annotated[float, Field(ge=0)] = 1.0
-    """Weight of the L0 sparsity penalty."""
-    bandwidth: Annotated[float, Field(gt=0)] = 0.2
-    """Width of the rectangle kernel of the straight-through estimator. Activations are
-    normalised to mean squared norm d_in, so pre-activations are O(1); SAELens's 1e-3 (for
-    both this and init_threshold) left L0 at ~d_sae after 400 steps on the grokked model's
-    residual stream, while (0.2, 0.5) gave L0 39 -> 17 for l0_coefficient 0.1 -> 1."""
-    init_threshold: Annotated[float, Field(gt=0)] = 0.5
-    """Initial threshold of every latent (see bandwidth)."""
-
-
-class MatryoshkaSAEConfig(_KMixin):
-    """Matryoshka BatchTopK SAE (Bussmann et al. 2025): nested prefix reconstructions."""
-
-    arch: Literal["matryoshka"] = "matryoshka"
-    prefixes: tuple[int, ...] | None = None
-    """Nested prefix sizes, ascending and ending at d_sae; default halves down to d_sae/8."""
-    aux_coefficient: Annotated[float, Field(ge=0)] = 1 / 32
-    """Weight of the AuxK loss on dead latents."""
-
-    @field_validator("prefixes")
-    @classmethod
-    def _check_prefixes(
-        cls, p: tuple[int, ...] | None, info: ValidationInfo
-    ) -> tuple[int, ...] | None:
-        d_sae = info.data.get("d_sae")
-        if p is not None and (list(p) != sorted(set(p)) or p[-1] != d_sae or p[0] < 1):
-            raise ValueError(
-                f"expected ascending prefixes ending at d_sae ({d_sae}), got {list(p)}"
-            )
-        return p
-
-
-SAEConfig = Annotated[
-    Union[ReluSAEConfig, TopKSAEConfig, BatchTopKSAEConfig, JumpReLUSAEConfig, MatryoshkaSAEConfig],
-    Field(discriminator="arch"),
-]
-SAE_CONFIGS: dict[str, type[_SAEBase]] = {
-    cls.model_fields["arch"].default: cls
-    for cls in (
-        ReluSAEConfig,
-        TopKSAEConfig,
-        BatchTopKSAEConfig,
-        JumpReLUSAEConfig,
-        MatryoshkaSAEConfig,
-    )
-}
+SAE_CONFIGS: dict[str, type[SAEConfigBase]] = {a.name: a.config_class for a in BUILT_IN}
+"""The config class of every built-in architecture, by name (from the registry)."""
 SAE_ARCHS = tuple(SAE_CONFIGS)
+SAEConfig = Annotated[Union[tuple(SAE_CONFIGS.values())], Field(discriminator="arch")]
+"""One SAE's config: the built-in architecture's class its ``arch`` field names."""
 
 
-class SAETrainConfig(_Frozen):
-    """How a batched group of SAEs is trained (shared by every SAE in the group)."""
-
-    init_seeds: Annotated[list[int], Field(min_length=1)] = [0, 1, 2, 3, 4]
-    """One SAE initialisation seed per entry; each seed is one SAE. Seeds must be distinct."""
-    data_seed: int = 0
-    """Seed of the order in which activation batches are drawn."""
-    per_model_data_order: bool = False
-    """If true, each SAE draws its own batch order from data_seed + its init seed."""
-    batch_size: Annotated[int, Field(ge=1)] = 1024
-    """Activations per step."""
-    steps: Annotated[int, Field(ge=1)] = 3000
-    """Maximum optimisation steps."""
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    """Adam learning rate."""
-    warmup_steps: Annotated[int, Field(ge=0)] = 50
-    """Linear LR warmup."""
-    decay_start: Annotated[float, Field(ge=0, le=1)] = 0.8
-    """Fraction of training after which the LR decays linearly to 0."""
-    dead_window: Annotated[int, Field(ge=1)] = 10_000
-    """A latent is dead if it has not fired in this many most recent samples."""
-    n_snapshots: Annotated[int, Field(ge=0)] = 8
-    """Decoder snapshots at log-spaced steps, for training dynamics."""
-    plateau_tol: Annotated[float, Field(ge=0)] = 1e-3
-    """Converged when the relative loss improvement over a window falls below this (0: never stop early)."""
-    plateau_window: Annotated[int, Field(ge=1)] = 200
-    """Steps per window of the plateau test (mean loss of a window vs the window before)."""
-    log_every: Annotated[int, Field(ge=1)] = 50
-    """Steps between entries of the training history (loss terms, L0, dead fraction)."""
-    checkpoint_every: Annotated[int, Field(ge=1)] = 1000
-    """Steps between resumable checkpoints (only when a checkpoint directory is given)."""
-    normalize_activations: bool = True
-    """Scale activations so that their mean squared norm is d_in (SAELens 'expected_average_only_in')."""
-
-    @field_validator("init_seeds")
-    @classmethod
-    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            raise ValueError(
-                f"expected distinct seeds, got {seeds} (seed(s) {repeated} repeated; "
-                "a repeated seed trains the same SAE twice and scores a false 1.0)"
-            )
-        return seeds
-
-
-class TrackingConfig(_Frozen):
+class TrackingConfig(FrozenConfig):
     """Experiment tracking with Weights & Biases."""
 
     mode: Literal["offline", "online", "disabled"] = "offline"
@@ -281,12 +152,10 @@ class TrackingConfig(_Frozen):
     """W&B project name."""
 
 
-class SweepConfig(_Frozen):
+class SweepConfig(FrozenConfig):
     """A grid of SAE configurations; expanded by ``husai.experiments``."""
 
-    archs: Annotated[
-        list[Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka"]], Field(min_length=1)
-    ] = ["topk"]
+    archs: Annotated[list[Literal[SAE_ARCHS]], Field(min_length=1)] = ["topk"]
     """Architectures to train."""
     widths: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [512]
     """Dictionary widths d_sae."""
@@ -314,13 +183,13 @@ class SweepConfig(_Frozen):
     @model_validator(mode="after")
     def _k_fits(self) -> SweepConfig:
         bad = [(k, w) for k in self.k for w in self.widths if k > w]
-        if bad and any(a in ("topk", "batchtopk", "matryoshka") for a in self.archs):
+        if bad and any(get_architecture(a).sparsity_name == "k" for a in self.archs):
             k, w = bad[0]
             raise ValueError(f"expected every k <= every width, got k={k} > width {w}")
         return self
 
 
-class ExperimentConfig(_Frozen):
+class ExperimentConfig(FrozenConfig):
     """A whole HUSAI experiment: task, transformer, its training, and the SAEs."""
 
     name: str = "husai"
@@ -478,7 +347,7 @@ def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
 
-class StudyMetricsConfig(_Frozen):
+class StudyMetricsConfig(FrozenConfig):
     """How a study's stability and ground-truth metrics are computed."""
 
     shared_tau: Annotated[float, Field(gt=0, le=1)] = 0.7
@@ -491,7 +360,7 @@ class StudyMetricsConfig(_Frozen):
     """Splice each SAE's reconstruction into the model and measure the loss recovered."""
 
 
-class ReportConfig(_Frozen):
+class ReportConfig(FrozenConfig):
     """Thresholds of the report's verdict."""
 
     stability_threshold: Annotated[float, Field(gt=0, le=1)] = 0.7
@@ -500,7 +369,7 @@ class ReportConfig(_Frozen):
     """Explained variance a configuration must keep."""
 
 
-class StudyConfig(_Frozen):
+class StudyConfig(FrozenConfig):
     """A study: the base experiment (task, model, SAE training) plus a grid of SAE configurations.
 
     The grid expands into units; one unit is one batched training pass (same architecture,

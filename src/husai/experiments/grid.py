@@ -3,7 +3,9 @@
 A unit fixes (architecture, width, hook, transformer checkpoint) and holds every sparsity
 value of that architecture times every seed: all of them train in one batched pass.
 Every SAE config of the grid is validated here, before any training, so a bad grid value
-fails at once with one line naming it.
+fails at once with one line naming it. Which grid field an architecture sweeps (its
+sparsity knob) and its config class come from its module, through
+:mod:`husai.saes.registry`.
 
 Unit ids are content hashes: the unit's SAE configs, its training config and the identity
 of its activations (model checksum, hook, checkpoint). Rerunning a study therefore finds
@@ -17,19 +19,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from husai.config import SAEConfig, SAETrainConfig, StudyConfig
+from husai.config import SAETrainConfig, StudyConfig
 from husai.errors import UserError
-
-SPARSITY_FIELD = {
-    "relu": "l1_coefficient",
-    "topk": "k",
-    "batchtopk": "k",
-    "matryoshka": "k",
-    "jumprelu": "l0_coefficient",
-}
-_SAE_ADAPTER: TypeAdapter[Any] = TypeAdapter(SAEConfig)
+from husai.saes.registry import get_architecture
 
 
 @dataclass(frozen=True)
@@ -45,7 +39,8 @@ class Unit:
 
     @property
     def sparsity_name(self) -> str:
-        return SPARSITY_FIELD[self.arch]
+        """The architecture's sparsity knob (k or a coefficient), from its module."""
+        return get_architecture(self.arch).sparsity_name
 
     @property
     def sparsities(self) -> list[float]:
@@ -90,7 +85,7 @@ def expand_grid(study: StudyConfig) -> list[Unit]:
             for checkpoint in grid.checkpoints:
                 for arch in grid.archs:
                     for width in grid.widths:
-                        field = SPARSITY_FIELD[arch]
+                        field = get_architecture(arch).sparsity_name
                         values = getattr(grid, field)
                         if not values:
                             raise UserError(
@@ -121,10 +116,12 @@ def _sae_train(base: SAETrainConfig, overrides: dict[str, Any], where: str) -> S
 
 
 def _sae_cfg(arch: str, width: int, value: float, where: str) -> Any:
-    field = SPARSITY_FIELD[arch]
-    raw = {"arch": arch, "d_sae": width, field: int(value) if field == "k" else float(value)}
+    config_class = get_architecture(arch).config_class
+    field = get_architecture(arch).sparsity_name
+    as_type = config_class.model_fields[field].annotation  # int for k, float for a coefficient
+    raw = {"arch": arch, "d_sae": width, field: as_type(value)}
     try:
-        return _SAE_ADAPTER.validate_python(raw)
+        return config_class.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
         msg = first["msg"].removeprefix("Value error, ")

@@ -6,9 +6,11 @@ tensors with a leading model dimension: ``W_enc [N, d_in, d_sae]``, ``b_enc [N, 
 ``threshold [N, d_sae]``. The models differ in init seed and sparsity setting (k or a
 penalty coefficient); per-model hyperparameters are tensors of shape ``[N]``.
 
-An :class:`Architecture` supplies what the trainer must not know: the initial decoder
-norm, whether decoder rows are kept at unit norm, the training forward pass
-(activation, sparsity penalty, auxiliary loss) and the inference encoder. Every
+An :class:`Architecture` holds everything about one SAE type, in that type's module:
+its config class and sparsity knob, what the trainer must not know (the initial decoder
+norm, whether decoder rows are kept at unit norm, the training forward pass with its
+activation, sparsity penalty and auxiliary loss, the inference encoder) and how it is
+saved in SAELens format. :mod:`husai.saes.registry` collects them by name. Every
 per-model computation uses ops whose result for model i does not depend on the other
 models (one 2-D matrix product per model, :func:`model_mm`; row-wise top-k, elementwise
 ops, reductions over inner dimensions), which is what makes a batched run bit-identical
@@ -31,6 +33,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from husai.saes.config_base import SAEConfigBase
+
 
 class TrainOut(NamedTuple):
     """What one training forward pass returns (per model unless stated)."""
@@ -51,10 +55,29 @@ class Architecture:
     """
 
     name: ClassVar[str] = ""
+    """Registry name; the ``arch`` field of :attr:`config_class` defaults to it."""
+    config_class: ClassVar[type[SAEConfigBase]] = SAEConfigBase
+    """The pydantic config of one SAE of this architecture."""
+    sparsity_name: ClassVar[str] = ""
+    """The config field that sets sparsity (k or a penalty coefficient); a study grid
+    sweeps the field of the same name."""
     normalize_decoder: ClassVar[bool] = False
     decoder_init_norm: ClassVar[float] = 0.1
     has_threshold_param: ClassVar[bool] = False
-    sparsity_name: ClassVar[str] = ""
+    saelens_architecture: ClassVar[str] = "standard"
+    """The SAELens architecture it is saved as: 'standard', 'topk' or 'jumprelu' (then the
+    threshold tensor is saved too)."""
+    saelens_reads: ClassVar[tuple[str, ...]] = ()
+    """SAELens architectures that load as this one when their cfg.json has no ``husai``
+    section (at most one registered architecture reads each)."""
+
+    def saelens_fields(self, cfg: Any) -> dict[str, Any]:
+        """Top-level cfg.json fields SAELens needs for this architecture (e.g. topk's k)."""
+        return {}
+
+    def husai_fields(self, cfg: Any) -> dict[str, Any]:
+        """Fields added to the ``husai`` section of cfg.json (e.g. Matryoshka's prefixes)."""
+        return {}
 
     def __init__(self, cfgs: list[Any]) -> None:
         self.cfgs = list(cfgs)

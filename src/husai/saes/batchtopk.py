@@ -15,13 +15,25 @@ The selection uses ``kthvalue`` per model (ties at the cut keep all tied values)
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, mse_per_model
+from husai.saes.config_base import KSAEConfigBase
 from husai.saes.topk import auxk_select
 
 EMA_RATE = 0.01
+
+
+class BatchTopKSAEConfig(KSAEConfigBase):
+    """BatchTopK SAE (Bussmann et al. 2024): top k*B activations over the batch."""
+
+    arch: Literal["batchtopk"] = "batchtopk"
+    aux_coefficient: Annotated[float, Field(ge=0)] = 1 / 32
+    """Weight of the AuxK loss on dead latents."""
 
 
 def batch_topk(pre_NBS: Tensor, k_N: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,9 +68,12 @@ def dense_auxk(
 
 class BatchTopKArch(Architecture):
     name = "batchtopk"
+    config_class = BatchTopKSAEConfig
+    sparsity_name = "k"
     normalize_decoder = True
     decoder_init_norm = 1.0
-    sparsity_name = "k"
+    saelens_architecture = "jumprelu"
+    saelens_reads = ("batchtopk",)
 
     def init_extra(self, cfg, d_sae: int) -> dict[str, Tensor]:
         return {"threshold": torch.zeros(d_sae), "threshold_ema": torch.zeros(())}

@@ -1,15 +1,17 @@
 """SAE directories in SAELens format: ``cfg.json`` + ``sae_weights.safetensors``.
 
 Writing: each SAE gets W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
-b_dec [d_in] and, for JumpReLU inference, threshold [d_sae]. The SAELens
-architecture is 'standard' (relu), 'topk' (topk) or 'jumprelu' (jumprelu, and
-batchtopk / matryoshka, whose inference rule is a JumpReLU at the threshold estimated
-in training, as SAELens itself saves BatchTopK). Flags whose defaults differ between
-SAELens' training and inference configs are written explicitly:
-``apply_b_dec_to_input = true``, ``normalize_activations = "none"`` (our scale is
-folded into the weights, see :mod:`husai.saes.trainer`), and for topk ``k`` and
-``rescale_acts_by_decoder_norm = false``. A ``husai`` sub-dict records the HUSAI
-architecture, its config, init seed, sparsity, training config and the folded scale.
+b_dec [d_in] and, for JumpReLU inference, threshold [d_sae]. Each architecture's
+module says how it is saved (:class:`~husai.saes.base.Architecture`): its SAELens
+architecture, 'standard', 'topk' or 'jumprelu' (BatchTopK and Matryoshka save as
+'jumprelu', a JumpReLU at the threshold estimated in training, as SAELens itself saves
+BatchTopK), and the fields SAELens needs beyond the common ones (topk's ``k`` and
+``rescale_acts_by_decoder_norm = false``). Flags whose defaults differ between SAELens'
+training and inference configs are written explicitly: ``apply_b_dec_to_input =
+true`` and ``normalize_activations = "none"`` (our scale is folded into the weights,
+see :mod:`husai.saes.trainer`). A ``husai`` sub-dict records the HUSAI architecture,
+its config, init seed, sparsity, training config, the folded scale and the
+architecture's own fields (Matryoshka's prefixes).
 
 Where the activations came from goes in SAELens' ``metadata``: ``hook_name`` (the full
 TransformerLens hook name, where ``HookedSAETransformer.add_sae`` splices; without it
@@ -21,7 +23,9 @@ SAELens then flattens (heads, d_head) as HUSAI does when it extracts those activ
 
 Reading (:func:`load_sae`) accepts our directories and SAELens ones: inference
 configs ('standard', 'topk', 'jumprelu') and training saves ('batchtopk', whose
-scalar ``topk_threshold`` becomes a JumpReLU threshold). A topk SAE saved with
+scalar ``topk_threshold`` becomes a JumpReLU threshold). A foreign SAE loads as the
+registered architecture that reads its SAELens architecture
+(:func:`husai.saes.registry.reading_saelens`). A topk SAE saved with
 ``rescale_acts_by_decoder_norm = true`` has the decoder norms folded into the encoder
 on load (exactly equivalent), so ``W_dec`` rows are unit norm.
 """
@@ -41,26 +45,16 @@ from torch import Tensor
 from husai.errors import UserError
 from husai.io import atomic_save_safetensors, atomic_write_json
 from husai.saes.base import BatchedSAE
+from husai.saes.registry import reading_saelens
 
 log = logging.getLogger(__name__)
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
-SAELENS_ARCH = {
-    "relu": "standard",
-    "topk": "topk",
-    "batchtopk": "jumprelu",
-    "jumprelu": "jumprelu",
-    "matryoshka": "jumprelu",
-}
 SAELENS_FORMAT_VERSION = "6.54.0"
 """The SAELens release whose cfg.json we write; SAELens reads a cfg.json without a
 ``sae_lens_version`` as pre-6.0 and then drops its ``metadata`` (hook_name included)."""
-FROM_SAELENS = {
-    "standard": "relu",
-    "topk": "topk",
-    "jumprelu": "jumprelu",
-    "batchtopk": "batchtopk",
-}
+SAELENS_READABLE = ("standard", "topk", "jumprelu", "batchtopk")
+"""The SAELens architectures :func:`load_sae` can read."""
 
 
 def save_sae(
@@ -85,14 +79,13 @@ def save_sae(
     sae: BatchedSAE = getattr(group_or_sae, "sae", group_or_sae)
     if not 0 <= index < sae.n_models:
         raise UserError(f"index: expected 0 <= index < {sae.n_models}, got {index}")
-    cfg = sae.arch.cfgs[index]
     tensors = {
         "W_enc": sae.W_enc[index],
         "W_dec": sae.W_dec[index],
         "b_enc": sae.b_enc[index],
         "b_dec": sae.b_dec[index],
     }
-    if SAELENS_ARCH[cfg.arch] == "jumprelu":
+    if sae.arch.saelens_architecture == "jumprelu":
         tensors["threshold"] = sae.threshold[index]
     atomic_save_safetensors(
         sae_dir / WEIGHTS_FILE, {k: v.detach().float() for k, v in tensors.items()}
@@ -125,7 +118,7 @@ def _cfg_dict(
     cfg = sae.arch.cfgs[index]
     hook_z = metadata.get("hook_name", "").endswith("hook_z")
     out: dict[str, Any] = {
-        "architecture": SAELENS_ARCH[cfg.arch],
+        "architecture": sae.arch.saelens_architecture,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": "float32",
@@ -135,8 +128,7 @@ def _cfg_dict(
         "reshape_activations": "hook_z" if hook_z else "none",
         "metadata": metadata,
     }
-    if cfg.arch == "topk":
-        out |= {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
+    out |= sae.arch.saelens_fields(cfg)
     husai: dict[str, Any] = {
         "format_version": 1,
         "arch": cfg.arch,
@@ -156,11 +148,7 @@ def _cfg_dict(
             "train_config": train_cfg.model_dump(mode="json") if train_cfg else None,
             "data_seed": train_cfg.data_seed if train_cfg else None,
         }
-    if cfg.arch == "matryoshka":
-        from husai.saes.matryoshka import prefixes_of
-
-        husai["prefixes"] = list(prefixes_of(cfg))
-    out["husai"] = husai | extra
+    out["husai"] = husai | sae.arch.husai_fields(cfg) | extra
     return out
 
 
@@ -215,9 +203,9 @@ def load_sae(sae_dir: str | Path) -> LoadedSAE:
     except json.JSONDecodeError:
         raise UserError(f"{sae_dir / CFG_FILE}: not valid JSON") from None
     w = {k: v.float() for k, v in load_safetensors(sae_dir / WEIGHTS_FILE).items()}
-    sl_arch = cfg.get("architecture", "standard")
-    if sl_arch not in FROM_SAELENS:
-        raise UserError(f"{sae_dir / CFG_FILE}: architecture {sl_arch!r} is not supported")
+    saelens_arch = cfg.get("architecture", "standard")
+    if saelens_arch not in SAELENS_READABLE:
+        raise UserError(f"{sae_dir / CFG_FILE}: architecture {saelens_arch!r} is not supported")
     if cfg.get("normalize_activations", "none") not in ("none", None):
         raise UserError(
             f"{sae_dir / CFG_FILE}: normalize_activations {cfg['normalize_activations']!r} "
@@ -228,16 +216,16 @@ def load_sae(sae_dir: str | Path) -> LoadedSAE:
         raise UserError(f"{sae_dir / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
     b_enc = w.get("b_enc", torch.zeros(w["W_enc"].shape[1]))
     threshold = w.get("threshold")
-    if sl_arch == "batchtopk":
+    if saelens_arch == "batchtopk":
         threshold = torch.full_like(b_enc, float(w["topk_threshold"]))
-    k = int(cfg["k"]) if sl_arch == "topk" else None
+    k = int(cfg["k"]) if saelens_arch == "topk" else None
     W_enc, W_dec = w["W_enc"], w["W_dec"]
     if cfg.get("rescale_acts_by_decoder_norm", False):
         norms_S = W_dec.norm(dim=-1)
         W_enc, b_enc, W_dec = W_enc * norms_S, b_enc * norms_S, W_dec / norms_S[:, None]
         if threshold is not None:
             threshold = threshold.clone()
-    arch = cfg.get("husai", {}).get("arch", FROM_SAELENS[sl_arch])
+    arch = cfg.get("husai", {}).get("arch", reading_saelens(saelens_arch) or saelens_arch)
     return LoadedSAE(
         W_enc=W_enc,
         W_dec=W_dec,

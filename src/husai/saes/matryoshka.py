@@ -16,10 +16,36 @@ the husai section of cfg.json.
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Literal
+
 import torch
+from pydantic import Field, ValidationInfo, field_validator
 
 from husai.saes.base import BatchedSAE, model_mm, mse_per_model
 from husai.saes.batchtopk import BatchTopKArch
+from husai.saes.config_base import KSAEConfigBase
+
+
+class MatryoshkaSAEConfig(KSAEConfigBase):
+    """Matryoshka BatchTopK SAE (Bussmann et al. 2025): nested prefix reconstructions."""
+
+    arch: Literal["matryoshka"] = "matryoshka"
+    prefixes: tuple[int, ...] | None = None
+    """Nested prefix sizes, ascending and ending at d_sae; default halves down to d_sae/8."""
+    aux_coefficient: Annotated[float, Field(ge=0)] = 1 / 32
+    """Weight of the AuxK loss on dead latents."""
+
+    @field_validator("prefixes")
+    @classmethod
+    def _check_prefixes(
+        cls, p: tuple[int, ...] | None, info: ValidationInfo
+    ) -> tuple[int, ...] | None:
+        d_sae = info.data.get("d_sae")
+        if p is not None and (list(p) != sorted(set(p)) or p[-1] != d_sae or p[0] < 1):
+            raise ValueError(
+                f"expected ascending prefixes ending at d_sae ({d_sae}), got {list(p)}"
+            )
+        return p
 
 
 def default_prefixes(d_sae: int) -> tuple[int, ...]:
@@ -34,6 +60,11 @@ def prefixes_of(cfg) -> tuple[int, ...]:
 
 class MatryoshkaArch(BatchTopKArch):
     name = "matryoshka"
+    config_class = MatryoshkaSAEConfig
+    saelens_reads = ()  # saved as 'jumprelu' like BatchTopK; SAELens' batchtopk loads as that
+
+    def husai_fields(self, cfg: Any) -> dict[str, Any]:
+        return {"prefixes": list(prefixes_of(cfg))}
 
     def __init__(self, cfgs) -> None:
         super().__init__(cfgs)

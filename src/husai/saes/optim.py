@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from husai.config import SAETrainConfig
+from husai.saes.config_base import SAETrainConfig
 
 
 def lr_at(step: int, cfg: SAETrainConfig) -> float:

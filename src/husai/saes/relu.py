@@ -20,12 +20,22 @@ checks the gradients against autograd.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, per_model_mv
+from husai.saes.config_base import SAEConfigBase
+
+
+class ReluSAEConfig(SAEConfigBase):
+    """ReLU SAE with an L1 penalty weighted by decoder column norms (SAELens 'standard')."""
+
+    arch: Literal["relu"] = "relu"
+    l1_coefficient: Annotated[float, Field(ge=0)] = 1e-3
+    """Weight of the norm-weighted L1 sparsity penalty."""
 
 
 class ReluSAEFn(torch.autograd.Function):
@@ -65,9 +75,12 @@ class ReluSAEFn(torch.autograd.Function):
 
 class ReluArch(Architecture):
     name = "relu"
+    config_class = ReluSAEConfig
+    sparsity_name = "l1_coefficient"
     normalize_decoder = False
     decoder_init_norm = 0.1
-    sparsity_name = "l1_coefficient"
+    saelens_architecture = "standard"
+    saelens_reads = ("standard",)
 
     def encode(self, sae: BatchedSAE, x_NBD: Tensor) -> Tensor:
         return torch.relu(sae.pre_acts(x_NBD))

@@ -22,12 +22,24 @@ to :data:`~husai.saes.dense.DENSE_MAX_WIDTH`, through the dense products of
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Literal
+
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, mse_per_model
+from husai.saes.config_base import KSAEConfigBase
 from husai.saes.dense import DENSE_MAX_WIDTH, dense_recon
 from husai.saes.sparse import LatentSorter, SparseDecode, SparseEncode
+
+
+class TopKSAEConfig(KSAEConfigBase):
+    """TopK SAE with AuxK loss (Gao et al. 2024)."""
+
+    arch: Literal["topk"] = "topk"
+    aux_coefficient: Annotated[float, Field(ge=0)] = 1 / 32
+    """Weight of the AuxK loss on dead latents."""
 
 
 def topk_indices(acts_NBS: Tensor, k: int) -> Tensor:
@@ -47,9 +59,15 @@ def rank_mask(k_N: Tensor, width: int) -> Tensor:
 
 class TopKArch(Architecture):
     name = "topk"
+    config_class = TopKSAEConfig
+    sparsity_name = "k"
     normalize_decoder = True
     decoder_init_norm = 1.0
-    sparsity_name = "k"
+    saelens_architecture = "topk"
+    saelens_reads = ("topk",)
+
+    def saelens_fields(self, cfg: Any) -> dict[str, Any]:
+        return {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
 
     def encode(self, sae: BatchedSAE, x_NBD: Tensor) -> Tensor:
         k_N = self.hp("k", torch.long)

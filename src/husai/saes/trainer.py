@@ -47,10 +47,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from husai.config import SAEConfig, SAETrainConfig
 from husai.errors import TrainingDivergedError, UserError
 from husai.io import atomic_save_safetensors, atomic_write_json, sha256_tensors
 from husai.saes.base import BatchedSAE, init_models
+from husai.saes.config_base import SAEConfigBase, SAETrainConfig
 from husai.saes.optim import PerModelAdam, lr_at
 from husai.saes.registry import get_architecture
 
@@ -74,7 +74,9 @@ class GroupResult:
     train_cfg: SAETrainConfig | None = None
 
 
-def group_members(sae_cfgs: list[SAEConfig], train_cfg: SAETrainConfig) -> list[tuple[Any, int]]:
+def group_members(
+    sae_cfgs: list[SAEConfigBase], train_cfg: SAETrainConfig
+) -> list[tuple[Any, int]]:
     """(config, init seed) per model index, config-major then seed."""
     if not sae_cfgs:
         raise UserError("sae_cfgs: expected at least one SAE config")
@@ -84,7 +86,7 @@ def group_members(sae_cfgs: list[SAEConfig], train_cfg: SAETrainConfig) -> list[
     return [(cfg, int(seed)) for cfg in sae_cfgs for seed in train_cfg.init_seeds]
 
 
-def init_group(d_in: int, sae_cfgs: list[SAEConfig], train_cfg: SAETrainConfig) -> BatchedSAE:
+def init_group(d_in: int, sae_cfgs: list[SAEConfigBase], train_cfg: SAETrainConfig) -> BatchedSAE:
     """The untrained group, each model drawn from a generator seeded by its init seed."""
     members = group_members(sae_cfgs, train_cfg)
     arch = get_architecture(members[0][0].arch)([m[0] for m in members])
@@ -128,7 +130,7 @@ def norm_scale(acts_ND: Tensor) -> float:
 
 def train_group(
     acts_ND: Float[Tensor, "n d"],
-    sae_cfgs: list[SAEConfig],
+    sae_cfgs: list[SAEConfigBase],
     train_cfg: SAETrainConfig,
     *,
     checkpoint_dir: Path | None = None,

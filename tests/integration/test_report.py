@@ -109,12 +109,12 @@ def test_guidelines_follow_the_data(stable, nothing):
     bad = _section((nothing / "report.md").read_text(), "8. Guidelines")
     assert good != bad
     assert "Recommended: topk" in good and "Recommended" not in bad
-    assert "Nothing beats its random baseline" in bad
+    assert "Nothing beats its hardest random baseline" in bad
     assert "not grokked" not in good  # the fixture's model has test_acc 1.0
     s = pd.read_parquet(stable / "summary.parquet")
     top = s[(s.metric == "pw_mcc_alive") & (s.arch == "topk")]["mean"].max()
     assert f"{top:.3f}" in good
-    assert "No configuration reaches" in _section(
+    assert "No configuration is stable by this rule" in _section(
         (nothing / "report.md").read_text(), "4. The verdict"
     )
 
@@ -213,7 +213,7 @@ def test_two_checkpoints(tmp_path):
     )
     md = build_report(root).with_name("report.md").read_text()
     assert BROKEN not in md
-    assert "Other checkpoints, best excess over baseline: 'step_100'" in md
+    assert "Other checkpoints, best excess over the hardest baseline: 'step_100'" in md
     assert "[step_100]" in _section(md, "3. Stability") and "[final]" in _section(
         md, "3. Stability"
     )
@@ -223,3 +223,22 @@ def test_two_checkpoints(tmp_path):
         "goldilocks_blocks_0_hook_resid_post_final.png",
         "goldilocks_blocks_0_hook_resid_post_step_100.png",
     }
+
+
+def test_verdict_uses_hardest_baseline_and_dead_rule(stable):
+    md = (stable / "report.md").read_text()
+    verdict = _section(md, "4. The verdict")
+    assert "principal subspace holding 95% of the activations' variance" in verdict
+    assert "at most 50% of its dictionary is dead" in verdict
+    assert "of which 2 beat it but are mostly dead (dead fraction > 0.5)" in verdict
+    assert "topk w=32 k=4 @ blocks.0.hook_resid_post [final]" not in verdict.split("Pareto")[0]
+    assert "Pareto frontier per (hook, checkpoint)" in verdict
+    assert "| all-latent PW-MCC | dead fraction |" in verdict
+    s = pd.read_parquet(stable / "summary.parquet")
+    row = s[(s.metric == "pw_mcc_alive")].sort_values("mean").iloc[-1]
+    assert f"{row['baseline_hardest']:.3f} (activation rows)" in verdict
+    guide = _section(md, "8. Guidelines")
+    assert "more than 50% dead and are never called stable" in guide
+    assert "points" in guide  # every trend quotes its number of points
+    gt = _section(md, "5. Ground truth")
+    assert "| plane_coverage_weighted |" in gt and "plane_coverage_weighted_baseline_subspace" in gt

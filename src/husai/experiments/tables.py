@@ -4,6 +4,12 @@
 - ``pairs.parquet``: one row per seed pair and metric, with its baselines.
 - ``summary.parquet``: one row per group (arch, width, hook, checkpoint, sparsity) and
   metric: mean over pairs, a bootstrap CI that resamples seeds, baselines, excess and ratio.
+  ``baseline`` is the unit-sphere random baseline and ``excess``/``ratio`` refer to it (as
+  before); ``baseline_subspace`` and ``baseline_acts`` are the data-aware baselines
+  (:mod:`husai.metrics.data_baselines`), ``baseline_hardest`` the per-pair largest random
+  baseline averaged over pairs, and ``excess_hardest = mean - baseline_hardest`` is what
+  verdicts use. Tables from before the data-aware baselines get them as NaN, and
+  ``baseline_hardest = baseline``.
 - ``dynamics.parquet``: cross-seed stability at each training snapshot.
 
 Rows are sorted and the bootstrap is seeded, so the same units give the same bits.
@@ -101,17 +107,36 @@ def summarise(pairs: Any, results: Any, bootstrap: int, seed: int) -> Any:
             "ci_lo": lo,
             "ci_hi": hi,
             "baseline": base,
-            "baseline_init": float(df["baseline_init"].mean())
-            if "baseline_init" in df
-            else float("nan"),
+            "baseline_init": _col_mean(df, "baseline_init"),
             "excess": float(vals.mean()) - base,
             "ratio": float(vals.mean()) / base if base else float("nan"),
             "n_pairs": len(vals),
             "dead_included": bool(first.get("dead_included", False)),
         }
+        row.update(_hardest_cols(df, float(vals.mean())))
         row.update(_group_eval(results, first))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _col_mean(df: Any, col: str) -> float:
+    return float(df[col].mean()) if col in df else float("nan")
+
+
+def _hardest_cols(df: Any, mean: float) -> dict[str, float]:
+    """Data-aware baselines and the hardest one, means over the group's pairs."""
+    per_pair = np.fmax.reduce([df[c].to_numpy(dtype=np.float64) for c in HARD_BASELINES if c in df])
+    hard = float(np.mean(per_pair))
+    return {
+        "baseline_subspace": _col_mean(df, "baseline_subspace"),
+        "baseline_acts": _col_mean(df, "baseline_acts"),
+        "baseline_hardest": hard,
+        "excess_hardest": mean - hard,
+    }
+
+
+HARD_BASELINES = ("baseline", "baseline_subspace", "baseline_acts")
+"""The random baselines whose per-pair maximum is ``baseline_hardest``."""
 
 
 def _group_eval(results: Any, key: Any) -> dict[str, float]:
@@ -129,6 +154,7 @@ def _group_eval(results: Any, key: Any) -> dict[str, float]:
         "loss_recovered",
         "gt_mcc",
         "plane_coverage_mean",
+        "plane_coverage_weighted",
     ):
         if col in sel:
             out[f"{col}_mean"] = float(sel[col].mean()) if len(sel) else float("nan")

@@ -24,6 +24,15 @@ from torch import Tensor
 
 from husai.config import StudyMetricsConfig
 from husai.experiments.grid import Unit
+from husai.metrics.baselines import hardest
+from husai.metrics.data_baselines import (
+    DataReference,
+    data_baselines,
+    data_reference,
+    plane_coverage_baselines,
+    weighted_mean,
+)
+from husai.metrics.ground_truth import key_planes
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +90,17 @@ def _execute(payload: UnitPayload) -> UnitResult:
     train_s = time.perf_counter() - t0
     init_sae = init_group(acts_ND.shape[1], list(unit.sae_cfgs), unit.sae_train)
     model, loss_cache = _load_model(payload), {}
+    data = data_reference(acts_ND)
+    coverage = _CoverageWeights.of(payload, data)
     saes, codes, alive = [], {}, {}
     for idx, (cfg, seed) in enumerate(group.members):
         record, codes[idx], alive[idx] = _measure_sae(
             payload, group, idx, (cfg, seed), model, loss_cache
         )
+        record["gt"].update(coverage.columns(record["gt"]))
         saes.append(record)
-    pairs = _pair_rows(unit, payload, group.sae, init_sae, codes, alive)
-    dynamics = _dynamics_rows(unit, payload, group.snapshots)
+    pairs = _pair_rows(unit, payload, group.sae, init_sae, codes, alive, data)
+    dynamics = _dynamics_rows(unit, payload, group.snapshots, data)
     snapshots = {f"step_{s}": w for s, w in sorted(group.snapshots.items())}
     return UnitResult(
         payload.unit_id,
@@ -196,10 +208,56 @@ def _ground_truth(payload: UnitPayload, sae: Any, codes_NS: Tensor) -> dict[str,
     return _plain(ground_truth_summary(sae.W_dec, payload.planes, codes_NS, payload.modulus))
 
 
+@dataclass
+class _CoverageWeights:
+    """Variance-weighted plane coverage: key planes weighted by their R^2 (variance share).
+
+    The plain ``plane_coverage_mean`` averages key planes equally although most carry
+    under 1% of the variance; ``plane_coverage_weighted`` is ``sum_p r2_p cov_p / sum_p
+    r2_p`` over the same planes, with its unit-sphere and principal-subspace baselines
+    (one Monte Carlo per unit: every SAE of a unit has the same width and planes).
+    """
+
+    weights_P: Tensor | None
+    baselines: dict[str, float]
+
+    @classmethod
+    def of(cls, payload: UnitPayload, data: DataReference) -> _CoverageWeights:
+        planes = payload.planes
+        r2 = getattr(planes, "r2", None)
+        if planes is None or r2 is None:
+            return cls(None, {})
+        is_key = getattr(planes, "is_key", None)
+        keep = torch.as_tensor(is_key).bool() if is_key is not None else None
+        weights = torch.as_tensor(r2)[keep] if keep is not None and bool(keep.any()) else r2
+        base = plane_coverage_baselines(
+            key_planes(planes), payload.unit.d_sae, weights, data, payload.metrics.baseline_trials
+        )
+        return cls(torch.as_tensor(weights), base)
+
+    def columns(self, gt: dict[str, Any]) -> dict[str, float]:
+        per_plane = gt.get("plane_coverage_per_plane")
+        if self.weights_P is None or per_plane is None:
+            return {}
+        return {"plane_coverage_weighted": weighted_mean(per_plane, self.weights_P)} | (
+            self.baselines
+        )
+
+
 def _pair_rows(
-    unit: Unit, payload: UnitPayload, sae: Any, init_sae: Any, codes: dict, alive: dict
+    unit: Unit,
+    payload: UnitPayload,
+    sae: Any,
+    init_sae: Any,
+    codes: dict,
+    alive: dict,
+    data: DataReference,
 ) -> list[dict[str, Any]]:
-    """One row per (sparsity, seed pair, metric), with random-unit and init baselines."""
+    """One row per (sparsity, seed pair, metric), with its random and init baselines.
+
+    ``baseline`` is the unit-sphere baseline; ``baseline_subspace`` and ``baseline_acts``
+    the data-aware ones (NaN where a metric has none); ``baseline_hardest`` the largest.
+    """
     from husai.metrics import stability_pair
 
     seeds = unit.sae_train.init_seeds
@@ -221,26 +279,32 @@ def _pair_rows(
                 init_b=_init_view(init_sae, b),
                 tau=payload.metrics.shared_tau,
                 trials=payload.metrics.baseline_trials,
+                data=data,
             )
-            for name, mv in vals.items():
-                rows.append(
-                    {
-                        **_group_cols(payload, sparsity),
-                        "seed_a": int(seeds[i]),
-                        "seed_b": int(seeds[j]),
-                        "metric": name,
-                        "value": float(mv.value),
-                        "baseline": float(mv.baseline),
-                        "baseline_kind": mv.baseline_kind,
-                        "baseline_init": float(mv.baseline_init),
-                        "excess": float(mv.excess),
-                        "ratio": float(mv.ratio),
-                        "n_a": int(mv.n_latents[0]),
-                        "n_b": int(mv.n_latents[1]),
-                        "dead_included": bool(mv.dead_included),
-                    }
-                )
+            pair = {**_group_cols(payload, sparsity), "seed_a": int(seeds[i])}
+            pair["seed_b"] = int(seeds[j])
+            rows += [{**pair, **_metric_cols(name, mv)} for name, mv in vals.items()]
     return rows
+
+
+def _metric_cols(name: str, mv: Any) -> dict[str, Any]:
+    """The columns of one MetricValue in pairs.parquet."""
+    return {
+        "metric": name,
+        "value": float(mv.value),
+        "baseline": float(mv.baseline),
+        "baseline_kind": mv.baseline_kind,
+        "baseline_init": float(mv.baseline_init),
+        "baseline_subspace": float(mv.baseline_subspace),
+        "baseline_acts": float(mv.baseline_acts),
+        "baseline_hardest": float(mv.baseline_hardest),
+        "excess": float(mv.excess),
+        "excess_hardest": float(mv.excess_hardest),
+        "ratio": float(mv.ratio),
+        "n_a": int(mv.n_latents[0]),
+        "n_b": int(mv.n_latents[1]),
+        "dead_included": bool(mv.dead_included),
+    }
 
 
 def _init_view(init_sae: Any, index: int) -> SimpleNamespace:
@@ -251,9 +315,9 @@ def _init_view(init_sae: Any, index: int) -> SimpleNamespace:
 
 
 def _dynamics_rows(
-    unit: Unit, payload: UnitPayload, snapshots: dict[int, Tensor]
+    unit: Unit, payload: UnitPayload, snapshots: dict[int, Tensor], data: DataReference
 ) -> list[dict[str, Any]]:
-    """Cross-seed PW-MCC (all latents) at every decoder snapshot, beside its random baseline."""
+    """Cross-seed PW-MCC (all latents) at every decoder snapshot, beside its random baselines."""
     from husai.metrics import pw_mcc, random_unit_baseline
 
     seeds = unit.sae_train.init_seeds
@@ -268,9 +332,9 @@ def _dynamics_rows(
             if not vals:
                 continue
             n, d = dec_NSD.shape[1], dec_NSD.shape[2]
-            base, _ = random_unit_baseline(
-                "pw_mcc", n, n, d, trials=payload.metrics.baseline_trials
-            )
+            trials = payload.metrics.baseline_trials
+            base, _ = random_unit_baseline("pw_mcc", n, n, d, trials=trials)
+            extra = data_baselines("pw_mcc", n, n, data, trials)
             rows.append(
                 {
                     **_group_cols(payload, sparsity),
@@ -278,6 +342,8 @@ def _dynamics_rows(
                     "metric": "pw_mcc",
                     "value": float(sum(vals) / len(vals)),
                     "baseline": float(base),
+                    **{f"baseline_{k}": v for k, v in extra.items()},
+                    "baseline_hardest": hardest(base, *extra.values()),
                 }
             )
     return rows

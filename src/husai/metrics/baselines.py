@@ -6,11 +6,16 @@ entered (``n_latents``) and whether dead latents were included.
 
 Baseline kinds:
 
-- ``random_unit``: the same metric on random unit vectors (isotropic Gaussian rows,
-  normalised) in the same ``d`` with the same numbers of latents (alive latents for the
-  alive-only variants). Monte Carlo, seeded per trial, cached in memory and on disk
-  (``$HUSAI_CACHE_DIR`` or ``~/.cache/husai``; set ``HUSAI_CACHE_DIR=off`` to disable).
-  At d=128 with 1024 latents: PW-MCC ~0.27, MMCS ~0.30.
+- ``random_unit`` (column ``baseline``): the same metric on random unit vectors (isotropic
+  Gaussian rows, normalised) in the same ``d`` with the same numbers of latents (alive
+  latents for the alive-only variants). Monte Carlo, seeded per trial, cached in memory and
+  on disk (``$HUSAI_CACHE_DIR`` or ``~/.cache/husai``; set ``HUSAI_CACHE_DIR=off`` to
+  disable). At d=128 with 1024 latents: PW-MCC ~0.27, MMCS ~0.30. On low-rank activations
+  this is an easy bar: see the data-aware kinds.
+- ``subspace`` and ``acts`` (columns ``baseline_subspace``, ``baseline_acts``): random
+  dictionaries shaped like the activations, from :mod:`husai.metrics.data_baselines`.
+  ``baseline_hardest`` is the largest of the three random baselines; verdicts are judged
+  against it.
 - ``init``: the metric on the SAEs at initialisation (same init scheme and seeds);
   the caller passes the init decoders. Stored as ``baseline_init``.
 - ``permuted``: for activation-based metrics, the metric after shuffling one SAE's codes
@@ -64,6 +69,17 @@ class MetricValue:
     baseline_init: float = NAN
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    baseline_subspace: float = NAN
+    baseline_acts: float = NAN
+
+    @property
+    def baseline_hardest(self) -> float:
+        """The largest random baseline present (unit sphere, subspace, activation rows)."""
+        return hardest(self.baseline, self.baseline_subspace, self.baseline_acts)
+
+    @property
+    def excess_hardest(self) -> float:
+        return self.value - self.baseline_hardest
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -73,6 +89,9 @@ class MetricValue:
             "baseline_kind": self.baseline_kind,
             "baseline_std": _finite(self.baseline_std),
             "baseline_init": _finite(self.baseline_init),
+            "baseline_subspace": _finite(self.baseline_subspace),
+            "baseline_acts": _finite(self.baseline_acts),
+            "baseline_hardest": _finite(self.baseline_hardest),
             "excess": _finite(self.excess),
             "ratio": _finite(self.ratio),
             "n_latents": list(self.n_latents),
@@ -98,8 +117,10 @@ def metric_value(
     ci: tuple[float, float] | None = None,
     note: str = "",
     extra: dict[str, Any] | None = None,
+    baseline_subspace: float | None = None,
+    baseline_acts: float | None = None,
 ) -> MetricValue:
-    """Build a MetricValue, deriving excess and ratio from the baseline."""
+    """Build a MetricValue, deriving excess and ratio from the (unit-sphere) baseline."""
     base = NAN if baseline is None else float(baseline)
     ratio = float(value) / base if base == base and base != 0 else NAN
     return MetricValue(
@@ -116,7 +137,15 @@ def metric_value(
         baseline_init=NAN if baseline_init is None else float(baseline_init),
         note=note,
         extra=extra or {},
+        baseline_subspace=NAN if baseline_subspace is None else float(baseline_subspace),
+        baseline_acts=NAN if baseline_acts is None else float(baseline_acts),
     )
+
+
+def hardest(*baselines: float | None) -> float:
+    """The largest finite baseline, NaN when none is finite."""
+    vals = [float(b) for b in baselines if b is not None and math.isfinite(float(b))]
+    return max(vals) if vals else NAN
 
 
 def random_unit(n: int, d: int, generator: torch.Generator) -> Tensor:
@@ -165,26 +194,41 @@ def monte_carlo(
 @lru_cache(maxsize=512)
 def _cached_baseline(key: str) -> tuple[float, float]:
     metric, n_a, n_b, d, trials, seed, params = json.loads(key)
-    path = _disk_path(key)
-    if path is not None and path.is_file():
-        try:
-            mean, std = json.loads(path.read_text())["value"]
-            return float(mean), float(std)
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring unreadable baseline cache %s", path)
-    fn = RANDOM_METRICS[metric]
+    cached = disk_get(key)
+    if cached is not None:
+        return cached
+    sampler = sphere_sampler(d)
     kw = dict(params)
 
     def one(gen: torch.Generator) -> float:
-        return fn(n_a, n_b, d, gen, **kw)
+        return draw_metric(metric, n_a, n_b, sampler, gen, **kw)
 
     result = monte_carlo(one, trials, seed)
-    if path is not None:
-        try:
-            atomic_write_json(path, {"key": key, "value": list(result)})
-        except OSError as err:
-            log.warning("could not write baseline cache %s: %s", path, err)
+    disk_put(key, result)
     return result
+
+
+def disk_get(key: str) -> tuple[float, float] | None:
+    """A cached (mean, std) for ``key``, or None (no cache, no file, unreadable file)."""
+    path = _disk_path(key)
+    if path is None or not path.is_file():
+        return None
+    try:
+        mean, std = json.loads(path.read_text())["value"]
+        return float(mean), float(std)
+    except (ValueError, KeyError, TypeError):
+        log.warning("ignoring unreadable baseline cache %s", path)
+        return None
+
+
+def disk_put(key: str, value: tuple[float, float]) -> None:
+    path = _disk_path(key)
+    if path is None:
+        return
+    try:
+        atomic_write_json(path, {"key": key, "value": list(value)})
+    except OSError as err:
+        log.warning("could not write baseline cache %s: %s", path, err)
 
 
 def _disk_path(key: str) -> Path | None:
@@ -203,47 +247,45 @@ def _finite(x: float | None) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _pair(n_a: int, n_b: int, d: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    return random_unit(n_a, d, gen), random_unit(n_b, d, gen)
+Sampler = Callable[[int, torch.Generator], Tensor]
+"""Draws ``n`` random dictionary rows ``[n, d]`` from a generator: one random-baseline kind."""
 
 
-def _rand_pw_mcc(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
-    return pw_mcc(*_pair(n_a, n_b, d, gen))
+def sphere_sampler(d: int) -> Sampler:
+    """Uniform unit vectors on the sphere of R^d (the ``random_unit`` kind)."""
+    return lambda n, gen: random_unit(n, d, gen)
 
 
-def _rand_pw_mcc_abs(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
-    return pw_mcc(*_pair(n_a, n_b, d, gen), signed=False)
+def draw_metric(
+    metric: str, n_a: int, n_b: int, sampler: Sampler, gen: torch.Generator, **params: Any
+) -> float:
+    """``metric`` on one random pair: set A, then set B (then encoders A, B), from ``sampler``."""
+    if metric not in RANDOM_METRICS:
+        raise ValueError(f"metric: expected one of {sorted(RANDOM_METRICS)}, got {metric!r}")
+    dec_a, dec_b = sampler(n_a, gen), sampler(n_b, gen)
+    if metric in ENCODER_METRICS:
+        enc_a, enc_b = sampler(n_a, gen), sampler(n_b, gen)
+        return RANDOM_METRICS[metric](dec_a, dec_b, enc_a, enc_b, **params)
+    return RANDOM_METRICS[metric](dec_a, dec_b, **params)
 
 
-def _rand_mmcs(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
-    return mmcs(*_pair(n_a, n_b, d, gen))
+def _pw_mcc_abs(a: Tensor, b: Tensor) -> float:
+    return pw_mcc(a, b, signed=False)
 
 
-def _rand_shared(n_a: int, n_b: int, d: int, gen: torch.Generator, tau: float = 0.7) -> float:
-    dec_a, dec_b = _pair(n_a, n_b, d, gen)
-    enc_a, enc_b = _pair(n_a, n_b, d, gen)
-    return shared_fraction(dec_a, dec_b, enc_a, enc_b, tau=tau)
-
-
-def _rand_shared_dec(n_a: int, n_b: int, d: int, gen: torch.Generator, tau: float = 0.7) -> float:
-    return shared_fraction(*_pair(n_a, n_b, d, gen), tau=tau)
-
-
-def _rand_subspace(n_a: int, n_b: int, d: int, gen: torch.Generator, r: int = 16) -> float:
-    return subspace_overlap(*_pair(n_a, n_b, d, gen), r=r)
-
-
-def _rand_span(n_a: int, n_b: int, d: int, gen: torch.Generator) -> float:
-    return span_overlap(*_pair(n_a, n_b, d, gen))
+def _shared_dec(a: Tensor, b: Tensor, tau: float = 0.7) -> float:
+    return shared_fraction(a, b, tau=tau)
 
 
 RANDOM_METRICS: dict[str, Callable[..., float]] = {
-    "pw_mcc": _rand_pw_mcc,
-    "pw_mcc_abs": _rand_pw_mcc_abs,
-    "mmcs": _rand_mmcs,
-    "shared_fraction": _rand_shared,
-    "shared_fraction_dec": _rand_shared_dec,
-    "subspace_overlap": _rand_subspace,
-    "span_overlap": _rand_span,
+    "pw_mcc": pw_mcc,
+    "pw_mcc_abs": _pw_mcc_abs,
+    "mmcs": mmcs,
+    "shared_fraction": shared_fraction,
+    "shared_fraction_dec": _shared_dec,
+    "subspace_overlap": subspace_overlap,
+    "span_overlap": span_overlap,
 }
-"""Metrics with a random-unit Monte Carlo baseline: name -> fn(n_a, n_b, d, generator, **params)."""
+"""Metrics with a Monte Carlo random baseline: name -> fn(set_a, set_b, **params)."""
+ENCODER_METRICS = frozenset({"shared_fraction"})
+"""Metrics that also take random encoders (drawn after the decoders, from the same sampler)."""

@@ -24,7 +24,13 @@ Metrics (a, b: decoder directions ``[n, d]``; all cosines treat zero rows as 0):
 
 ``stability_pair`` returns every metric as a :class:`MetricValue` with its random-unit
 baseline (activation MCC: a permutation baseline) and, if init decoders are given, the
-init baseline. ``stability_set`` averages pairs with a bootstrap CI over pairs.
+init baseline. Given the activations' :class:`~husai.metrics.data_baselines.DataReference`
+(``data=``), decoder metrics also get the data-aware baselines (random directions in the
+activations' principal subspace; random centred activation rows), which low-rank
+activations make far harder than the unit sphere; ``MetricValue.baseline_hardest`` is
+the largest. Encoder-based metrics (``pw_mcc_encoder``, ``shared_fraction`` with
+encoders) keep the unit-sphere baseline only: encoder directions need not lie in the
+activations' span. ``stability_set`` averages pairs with a bootstrap CI over pairs.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from torch import Tensor
 
 from husai.metrics.baselines import MetricValue, metric_value, monte_carlo, random_unit_baseline
 from husai.metrics.bootstrap import seed_bootstrap_ci
+from husai.metrics.data_baselines import DataReference, data_baselines
 from husai.metrics.inputs import alive_from_codes, as_decoder, as_encoder, as_mask
 from husai.metrics.matching import match
 from husai.metrics.similarity import (
@@ -85,20 +92,24 @@ def stability_pair(
     ranks: list[int] | None = None,
     trials: int | None = None,
     seed: int = 0,
+    data: DataReference | None = None,
 ) -> dict[str, MetricValue]:
     """Every stability metric of one SAE pair, each with its baselines.
 
     ``a``/``b``: decoders ``[n, d]``, SAE objects or SAE directories. ``alive_*`` default
     to latents with a non-zero code in ``codes_*``; without codes or masks the alive-only
     and activation metrics are omitted. ``init_*``: the same SAEs at initialisation
-    (decoders, or SAE objects to include encoders) for the init baseline.
+    (decoders, or SAE objects to include encoders) for the init baseline. ``data``: the
+    activations' reference for the data-aware baselines (module docstring).
     """
     dec_a, dec_b = as_decoder(a), as_decoder(b)
     enc_a = as_decoder(enc_a) if enc_a is not None else as_encoder(a)
     enc_b = as_decoder(enc_b) if enc_b is not None else as_encoder(b)
     d = dec_a.shape[1]
     n = (dec_a.shape[0], dec_b.shape[0])
-    ctx = _Ctx(baselines, trials, seed, d)
+    if data is not None and data.d != d:
+        raise ValueError(f"data: activations have d={data.d}, decoders d={d}")
+    ctx = _Ctx(baselines, trials, seed, d, data)
     out: dict[str, MetricValue] = {}
     out["pw_mcc"] = ctx.value(
         "pw_mcc", pw_mcc(dec_a, dec_b), n, _init_value(pw_mcc, init_a, init_b)
@@ -120,8 +131,11 @@ def stability_pair(
 class _Ctx:
     """Shared baseline settings of one ``stability_pair`` call."""
 
-    def __init__(self, baselines: bool, trials: int | None, seed: int, d: int) -> None:
+    def __init__(
+        self, baselines: bool, trials: int | None, seed: int, d: int, data: DataReference | None
+    ) -> None:
         self.baselines, self.trials, self.seed, self.d = baselines, trials, seed, d
+        self.data = data
 
     def value(
         self,
@@ -133,13 +147,20 @@ class _Ctx:
         base_metric: str | None = None,
         dead_included: bool = True,
         note: str = "",
+        data_ok: bool = True,
         **params: Any,
     ) -> MetricValue:
         mean = std = None
+        data: dict[str, float] = {}
         if self.baselines:
+            metric = base_metric or name
             mean, std = random_unit_baseline(
-                base_metric or name, n[0], n[1], self.d, self.trials, self.seed, **params
+                metric, n[0], n[1], self.d, self.trials, self.seed, **params
             )
+            if data_ok:
+                data = data_baselines(
+                    metric, n[0], n[1], self.data, self.trials, self.seed, **params
+                )
         return metric_value(
             name,
             value,
@@ -149,6 +170,8 @@ class _Ctx:
             n_latents=n,
             dead_included=dead_included,
             note=note,
+            baseline_subspace=data.get("subspace"),
+            baseline_acts=data.get("acts"),
         )
 
 
@@ -168,7 +191,16 @@ def _shared(ctx: _Ctx, dec_a, dec_b, enc_a, enc_b, init_a, init_b, tau: float) -
     )
     base_metric = "shared_fraction" if use_enc else "shared_fraction_dec"
     n = (dec_a.shape[0], dec_b.shape[0])
-    return ctx.value("shared_fraction", value, n, init, base_metric=base_metric, note=note, tau=tau)
+    return ctx.value(
+        "shared_fraction",
+        value,
+        n,
+        init,
+        base_metric=base_metric,
+        note=note,
+        data_ok=not use_enc,
+        tau=tau,
+    )
 
 
 def _encoder_pw_mcc(
@@ -187,6 +219,7 @@ def _encoder_pw_mcc(
         init,
         base_metric="pw_mcc",
         note="encoder directions; signed cosine, Hungarian, all latents",
+        data_ok=False,
     )
 
 
@@ -207,8 +240,18 @@ def _alive_only(
     sub_a, sub_b = dec_a[alive_a], dec_b[alive_b]
     n = (sub_a.shape[0], sub_b.shape[0])
     note = f"alive latents only: {n[0]}/{dec_a.shape[0]} and {n[1]}/{dec_b.shape[0]}"
-    if min(n) == 0:
-        return metric_value(f"{name}_alive", 0.0, 0.0, n_latents=n, dead_included=False, note=note)
+    if min(n) == 0:  # nothing to match: every dictionary, random or not, scores 0
+        zero = 0.0 if ctx.data is not None else None
+        return metric_value(
+            f"{name}_alive",
+            0.0,
+            0.0,
+            n_latents=n,
+            dead_included=False,
+            note=note,
+            baseline_subspace=zero,
+            baseline_acts=zero,
+        )
     value = (pw_mcc if name == "pw_mcc" else mmcs)(sub_a, sub_b)
     return ctx.value(
         f"{name}_alive", value, n, None, base_metric=name, dead_included=False, note=note
@@ -339,4 +382,6 @@ def _aggregate(
         ci=ci,
         note=first.note,
         extra={"pairs": vals.tolist(), "n_latents_pairs": [list(mv.n_latents) for mv in mvs]},
+        baseline_subspace=float(np.mean([mv.baseline_subspace for mv in mvs])),
+        baseline_acts=float(np.mean([mv.baseline_acts for mv in mvs])),
     )

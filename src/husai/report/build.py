@@ -33,6 +33,7 @@ from husai.report.sections_misc import failures_section
 from husai.report.sections_model import activations_section, model_section, not_grokked
 from husai.report.sections_stability import dynamics_section, stability_section, verdict_section
 from husai.report.store import MARKERS, RunStore, is_run_store
+from husai.report.verdict import DEAD_MAX
 
 log = logging.getLogger(__name__)
 FIGURE_DIR = "report_files"
@@ -123,7 +124,9 @@ def _intro(store: RunStore, st: float, ev: float) -> list[Block]:
             f"Run store: {store.root}. Every number below is read from the run's tables "
             f"(results, pairs, summary, dynamics parquet; model and activation JSON) or computed "
             f"from its SAE weights. Verdict thresholds: alive-only PW-MCC >= {fmt(st)}, "
-            f"explained variance >= {fmt(ev)}."
+            f"explained variance >= {fmt(ev)}, the CI lower bound above the hardest random "
+            f"baseline (the largest of the unit-sphere, principal-subspace and activation-row "
+            f"baselines), and at most {DEAD_MAX:.0%} of the dictionary dead."
         )
     ]
     if store.missing:

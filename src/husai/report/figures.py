@@ -211,6 +211,8 @@ def _lines(a: Any, sub: Any, band: dict, x: str, by: str, by_label: str) -> None
         bl = np.array([band[g] for g in grp.group_id])
         a.fill_between(xs, bl[:, 0], bl[:, 1], color=color, alpha=0.15, lw=0)
         a.plot(xs, grp.baseline.to_numpy(dtype=float), ":", color=color, lw=1)
+        if "baseline_hardest" in grp and grp.baseline_hardest.notna().any():
+            a.plot(xs, grp.baseline_hardest.to_numpy(dtype=float), "--", color=color, lw=0.9)
         if "baseline_init" in grp and grp.baseline_init.notna().any():
             a.plot(
                 xs, grp.baseline_init.to_numpy(dtype=float), "-.", color=color, lw=0.8, alpha=0.6
@@ -255,26 +257,36 @@ def goldilocks(
 
 
 def pareto(points: Any, frontier_ids: set, st: float, ev: float) -> bytes:
-    """Stability (y) against explained variance (x); frontier points ringed."""
-    fig, ax = _figure(8, 5)
+    """Stability (y) against explained variance (x), per (hook, checkpoint).
+
+    Colour: architecture; marker: (hook, checkpoint). Each (hook, checkpoint) has its own
+    Pareto frontier, drawn as a black line in its own style and named in the legend.
+    """
+    fig, ax = _figure(9, 5.5)
     a = ax[0, 0]
-    markers = dict(zip(sorted(points.hook.unique()), "osD^v", strict=False))
+    settings = sorted(
+        {(str(h), str(c)) for h, c in zip(points.hook, points.checkpoint, strict=True)}
+    )
+    markers = dict(zip(settings, "osD^vP*X<>", strict=False))
+    styles = dict(zip(settings, ["-", "--", ":", "-."] * 3, strict=False))
     for color, (arch, grp) in zip(
         _colors(points.arch.nunique()), points.groupby("arch"), strict=True
     ):
-        for hook, g in grp.groupby("hook"):
+        for (hook, ckpt), g in grp.groupby(["hook", "checkpoint"]):
             a.scatter(
                 g.explained_variance_mean,
                 g["mean"],
                 color=color,
-                marker=markers.get(hook, "o"),
-                label=f"{arch} / {hook}",
+                marker=markers.get((str(hook), str(ckpt)), "o"),
+                label=f"{arch} / {hook} [{ckpt}]",
                 s=25,
             )
     front = points[points.group_id.isin(frontier_ids)]
-    for _, f in front.groupby(["hook", "checkpoint"]):
+    for (hook, ckpt), f in front.groupby(["hook", "checkpoint"]):
         f = f.sort_values("explained_variance_mean")
-        a.plot(f.explained_variance_mean, f["mean"], "k-", lw=0.8)
+        style = styles.get((str(hook), str(ckpt)), "-")
+        label = f"Pareto frontier, {hook} [{ckpt}]"
+        a.plot(f.explained_variance_mean, f["mean"], color="k", ls=style, lw=0.9, label=label)
     a.scatter(front.explained_variance_mean, front["mean"], s=90, facecolors="none", edgecolors="k")
     a.axhline(st, color="tab:green", ls="--", lw=1)
     a.axvline(ev, color="tab:green", ls="--", lw=1)
@@ -282,7 +294,7 @@ def pareto(points: Any, frontier_ids: set, st: float, ev: float) -> bytes:
         xlabel="explained variance (mean over seeds)", ylabel="alive-only PW-MCC (mean over pairs)"
     )
     a.grid(alpha=0.3)
-    a.legend(fontsize=7, loc="best")
+    a.legend(fontsize=6, loc="best")
     return to_png(fig)
 
 
@@ -304,7 +316,8 @@ def stability_vs_l0(df: Any) -> bytes:
             color=color,
             label=f"{arch} w={int(width)}",
         )
-        a.scatter(g.l0_mean, g.baseline, marker="x", color=color, s=20)
+        base = g.baseline_hardest if "baseline_hardest" in g else g.baseline
+        a.scatter(g.l0_mean, base, marker="x", color=color, s=20)
     if (df.l0_mean > 0).all() and df.l0_mean.max() >= 10 * df.l0_mean.min():
         from matplotlib.ticker import FuncFormatter
 
@@ -328,7 +341,7 @@ def per_config_bars(df: Any, cols: list[tuple[str, str]], title: str) -> bytes:
         if bcol in df:
             a.scatter(df[bcol], y + i * h, marker="|", color="k", s=60)
     a.set_yticks(y + h * (len(cols) - 1) / 2, df["label"], fontsize=7)
-    a.set(title=f"{title} (black ticks: random baselines)", xlim=(0, 1.05))
+    a.set(title=f"{title} (black ticks: hardest random baselines)", xlim=(0, 1.05))
     a.invert_yaxis()
     a.legend(fontsize=8)
     return to_png(fig)

@@ -14,13 +14,22 @@ from typing import Any
 
 import numpy as np
 
-from husai.report import figures, geometry, guidelines
+from husai.report import figures, geometry, verdict
 from husai.report.render import Block, Figure, Note, Para, Section, Table, fmt, fmt_param
 from husai.report.store import Planes, RunStore
 
 IN_PLANE = 0.5
 KEYS = ["arch", "d_sae", "hook", "checkpoint", "sparsity"]
-GT_COLS = [("gt_mcc", "gt_mcc_baseline"), ("plane_coverage_mean", "plane_coverage_baseline")]
+GT_COLS = [
+    ("gt_mcc", "gt_mcc_baseline", ""),
+    ("plane_coverage_mean", "plane_coverage_baseline", "plane_coverage_mean_baseline_subspace"),
+    (
+        "plane_coverage_weighted",
+        "plane_coverage_weighted_baseline",
+        "plane_coverage_weighted_baseline_subspace",
+    ),
+]
+"""(value, unit-sphere baseline, principal-subspace baseline) columns of results.parquet."""
 
 
 def ok_results(store: RunStore) -> Any:
@@ -44,7 +53,7 @@ def ground_truth_section(store: RunStore) -> Section:
                 )
             )
         )
-    cols = [c for pair in GT_COLS for c in pair if c in res] + (
+    cols = [c for cols in GT_COLS for c in cols if c and c in res] + (
         ["purity_mean"] if "purity_mean" in res else []
     )
     if not cols:
@@ -70,16 +79,30 @@ def _gt_table(res: Any, cols: list[str]) -> Section:
         agg["sparsity_name"] = "sparsity"
     n = res.groupby(KEYS).size().rename("n").reset_index()
     agg = agg.merge(n, on=KEYS)
-    agg["label"] = [guidelines.label(r) for r in agg.itertuples()]
+    agg["label"] = [verdict.label(r) for r in agg.itertuples()]
     rows = [[r["label"], int(r["n"]), *(r[c] for c in cols)] for _, r in agg.iterrows()]
     sub.add(
+        Para(
+            "plane_coverage_mean averages the key planes equally, though most of them carry "
+            "under 1% of the activations' variance; plane_coverage_weighted weights each key "
+            "plane by its share of the variance (R^2). Baselines: random unit decoders of the "
+            "same width (_baseline) and random directions in the principal subspace holding 95% "
+            "of the activations' variance (_baseline_subspace), where the planes themselves lie."
+        ),
         Table(
             ["configuration", "seeds", *cols],
             rows,
-            "Mean over seeds (results.parquet); the columns ending in _baseline are random-dictionary baselines.",
-        )
+            "Mean over seeds (results.parquet); the columns containing _baseline are random-dictionary baselines.",
+        ),
     )
-    pairs = [(v, b) for v, b in GT_COLS if v in agg]
+    pairs = []
+    for v, *bases in GT_COLS:
+        have = [agg[b].to_numpy(dtype=float) for b in bases if b and b in agg]
+        if v in agg and have:
+            agg[f"{v}_hardest"] = np.fmax.reduce(have) if len(have) > 1 else have[0]
+            pairs.append((v, f"{v}_hardest"))
+        elif v in agg:
+            pairs.append((v, ""))
     if not pairs:
         return sub.add(
             Note(
@@ -100,7 +123,7 @@ def _gt_table(res: Any, cols: list[str]) -> Section:
 
 def chosen_configs(store: RunStore) -> list[tuple[str, Any]]:
     """Per (hook, checkpoint): the most and the least stable config (primary summary rows)."""
-    df, _ = guidelines.primary_table(store.summary)
+    df, _ = verdict.primary_table(store.summary)
     if df is None:
         return []
     out = []

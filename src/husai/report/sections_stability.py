@@ -2,9 +2,10 @@
 
 Stability plots come from ``summary.parquet`` (means over seed pairs with bootstrap
 CIs) and, for the random-baseline band, ``pairs.parquet``. The Goldilocks map and the
-Pareto plot use the primary metric, alive-only PW-MCC. Dynamics come from
+Pareto plot use the primary metric, alive-only PW-MCC, and every excess is over the
+hardest random baseline (:mod:`husai.report.verdict`). Dynamics come from
 ``dynamics.parquet``; the crystallisation step of a group is the first snapshot at
-which its excess over baseline reaches 90% of its final excess.
+which its excess over the hardest baseline reaches 90% of its final excess.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from husai.report import figures, guidelines
+from husai.report import figures, verdict
 from husai.report.render import Figure, Note, Para, Section, Table, fmt, fmt_param
 from husai.report.store import RunStore
 
@@ -48,7 +49,7 @@ def _per_arch(store: RunStore, s: Any) -> Section:
         return sub
     sub.add(
         Para(
-            "Points: mean over seed pairs, bars: 95% bootstrap CI resampling seeds; shaded band: range of the per-pair random-dictionary baselines (same widths, same alive counts); dotted: their mean; dash-dot: the same metric between untrained (initial) SAEs."
+            "Points: mean over seed pairs, bars: 95% bootstrap CI resampling seeds; shaded band: range of the per-pair unit-sphere random baselines (same widths, same alive counts); dotted: their mean; dashed: the hardest random baseline (the largest of the unit-sphere, principal-subspace and activation-row baselines), where the run has it; dash-dot: the same metric between untrained (initial) SAEs."
         )
     )
     data = s[s.metric.isin(present)]
@@ -67,34 +68,42 @@ EXTRA_METRICS = ("mmcs", "subspace_overlap")
 
 
 def _metric_table(data: Any, metrics: list[str]) -> Table:
-    mean = data.set_index(["group_id", "metric"])["mean"].to_dict()
-    base = data.set_index(["group_id", "metric"])["baseline"].to_dict()
+    idx = data.set_index(["group_id", "metric"])
+    mean, base = idx["mean"].to_dict(), idx["baseline"].to_dict()
+    hard = idx["baseline_hardest"].to_dict() if "baseline_hardest" in idx else {}
     meta = data.drop_duplicates("group_id").set_index("group_id")
     rows = []
-    for gid, r in meta.sort_values(["hook", "arch", "d_sae", "sparsity"]).iterrows():
-        cells = [f"{fmt(mean.get((gid, m)))} ({fmt(base.get((gid, m)))})" for m in metrics]
+    for gid, r in meta.sort_values(["hook", "checkpoint", "arch", "d_sae", "sparsity"]).iterrows():
+        cells = [
+            f"{fmt(mean.get((gid, m)))} ({fmt(base.get((gid, m)))} / {fmt(hard.get((gid, m)))})"
+            for m in metrics
+        ]
         ev, l0 = r.get("explained_variance_mean"), r.get("l0_mean")
-        rows.append([guidelines.label(SimpleNamespace(**r.to_dict())), *cells, ev, l0])
-    cols = ["configuration", *(f"{m} (baseline)" for m in metrics), "EV", "L0"]
-    cap = "Mean over seed pairs, with the random baseline in brackets (summary.parquet)."
+        rows.append([verdict.label(SimpleNamespace(**r.to_dict())), *cells, ev, l0])
+    cols = ["configuration", *(f"{m} (unit / hardest)" for m in metrics), "EV", "L0"]
+    cap = (
+        "Mean over seed pairs; in brackets the unit-sphere random baseline and the hardest "
+        "random baseline (largest of unit sphere, principal subspace, activation rows; n/a "
+        "where the metric or the run has none) (summary.parquet)."
+    )
     return Table(cols, rows, cap)
 
 
 def _by_l0(s: Any) -> Section:
     sub = Section("All architectures against measured L0", "stability-l0")
-    df, why = guidelines.primary_table(s)
+    df, why = verdict.primary_table(s)
     if df is None or df.l0_mean.isna().all():
         return sub.add(Note(f"No L0 comparison: {why or 'summary.parquet has no l0_mean'}."))
     for (hook, ckpt), g in df.groupby(["hook", "checkpoint"], sort=True):
         name = f"l0_{hook}_{ckpt}".replace(".", "_").replace("/", "_")
-        cap = f"Alive-only PW-MCC against the measured mean L0, every architecture, {hook} [{ckpt}]; bars: 95% CI, crosses: random baselines."
+        cap = f"Alive-only PW-MCC against the measured mean L0, every architecture, {hook} [{ckpt}]; bars: 95% CI, crosses: hardest random baselines."
         sub.add(Figure(name, figures.stability_vs_l0(g), cap))
     return sub
 
 
 def _goldilocks(s: Any, ev: float) -> Section:
     sub = Section("The Goldilocks map", "goldilocks")
-    df, why = guidelines.primary_table(s)
+    df, why = verdict.primary_table(s)
     if df is None:
         return sub.add(Note(f"No Goldilocks map: {why}."))
     for (hook, ckpt), grp in df.groupby(["hook", "checkpoint"], sort=True):
@@ -108,26 +117,26 @@ def _goldilocks(s: Any, ev: float) -> Section:
                 exc[i, j], evs[i, j] = r.excess, r.explained_variance_mean
             panels.append((f"{arch} ({g.sparsity_name.iloc[0]})", widths, sps, exc, evs))
         name = f"goldilocks_{hook}_{ckpt}".replace(".", "_").replace("/", "_")
-        cap = f"{hook} [{ckpt}]: alive-only PW-MCC minus its random baseline per (width, sparsity); each cell also gives explained variance, contours show EV (bold: EV = {fmt(ev)})."
+        cap = f"{hook} [{ckpt}]: alive-only PW-MCC minus its hardest random baseline per (width, sparsity); each cell also gives explained variance, contours show EV (bold: EV = {fmt(ev)})."
         sub.add(Figure(name, figures.goldilocks(panels, "alive PW-MCC", ev), cap))
     return sub
 
 
 def _pareto(s: Any, st: float, ev: float) -> Section:
     sub = Section("Pareto: stability against explained variance", "pareto")
-    df, why = guidelines.primary_table(s)
+    df, why = verdict.primary_table(s)
     if df is None:
         return sub.add(Note(f"No Pareto plot: {why}."))
-    ids = guidelines.pareto_ids(df)
-    cap = f"Each point is one configuration (mean over seeds); ringed: the Pareto frontier; green lines: thresholds PW-MCC {fmt(st)}, EV {fmt(ev)}."
+    ids = verdict.pareto_ids(df)
+    cap = f"Each point is one configuration (mean over seeds); colour: architecture, marker: (hook, checkpoint); ringed and joined: the Pareto frontier of each (hook, checkpoint), one line style each (legend); green lines: thresholds PW-MCC {fmt(st)}, EV {fmt(ev)}."
     return sub.add(Figure("pareto", figures.pareto(df, ids, st, ev), cap))
 
 
 def verdict_section(store: RunStore, st: float, ev: float) -> tuple[Section, Any]:
     sec = Section("4. The verdict", "verdict")
-    v = guidelines.verdict(store.summary, st, ev)
+    v = verdict.verdict(store.summary, st, ev)
     if v is None:
-        _, why = guidelines.primary_table(store.summary)
+        _, why = verdict.primary_table(store.summary)
         return sec.add(Note(f"No verdict: {why}.")), None
     return sec.add(*v.blocks), v
 
@@ -145,12 +154,15 @@ def dynamics_section(store: RunStore) -> Section:
         )
     metric = "pw_mcc_alive" if (d.metric == "pw_mcc_alive").any() else str(d.metric.iloc[0])
     d = d[d.metric == metric]
+    hardest = "baseline_hardest" in d and "baseline" in d
+    if hardest:  # judge against the hardest random baseline, as the verdict does
+        d = d.assign(baseline=d.baseline_hardest.fillna(d.baseline))
     if "checkpoint" not in d:
         d = d.assign(checkpoint="final")
     label = figures.METRIC_LABEL.get(metric, metric)
     sec.add(
         Para(
-            f"Cross-seed {label} at each decoder snapshot during SAE training; dotted lines are random baselines."
+            f"Cross-seed {label} at each decoder snapshot during SAE training; dotted lines are the hardest random baselines (unit-sphere where the run has no data-aware ones)."
         )
     )
     for (hook, ckpt), grp in d.groupby(["hook", "checkpoint"], sort=True):
@@ -159,7 +171,7 @@ def dynamics_section(store: RunStore) -> Section:
         cap = f"{label} against SAE training step, {hook} [{ckpt}]."
         sec.add(Figure(name, figures.dynamics(panels, label), cap))
     if "baseline" in d:
-        sec.add(_crystallisation_table(d))
+        sec.add(_crystallisation_table(d, "hardest" if hardest else "unit-sphere"))
     else:
         sec.add(
             Note(
@@ -169,7 +181,7 @@ def dynamics_section(store: RunStore) -> Section:
     return sec
 
 
-def _crystallisation_table(d: Any) -> Table:
+def _crystallisation_table(d: Any, base: str) -> Table:
     keys = ["hook", "checkpoint", "arch", "d_sae", "sparsity"]
     rows = []
     for (hook, ckpt, arch, width, sp), g in d.groupby(keys, sort=True):
@@ -203,6 +215,5 @@ def _crystallisation_table(d: Any) -> Table:
         "step reaching 90% of final excess",
         "last step",
     ]
-    return Table(
-        cols, rows, "When features crystallise, per configuration (from dynamics.parquet)."
-    )
+    cap = f"When features crystallise, per configuration (dynamics.parquet; excess over the {base} random baseline)."
+    return Table(cols, rows, cap)

@@ -10,7 +10,9 @@ default). Each hook gets its own directory (docs/ARCHITECTURE.md)::
     meta.json           hook, position, model checksum, key frequencies, R^2 summaries
 
 The planes are fitted on the activations themselves (regression on Fourier functions of
-a, b, a+b, a-b), with the key frequencies read from the run's ``fourier.json``. Loading
+the task group's variables: a, b, a+b, a-b for add and sub, the discrete logs of a, b, ab,
+a/b for mul; :func:`husai.model.fourier.task_group`), with the key frequencies read from
+the run's ``fourier.json``. A task without a ground truth (div) is a one-line UserError. Loading
 validates shapes, dtypes and, if given, the model checksum, so SAEs are never trained on
 activations of a different model by accident. A directory already holding the same hook,
 position and model checksum is reused.
@@ -31,7 +33,7 @@ from torch import Tensor
 
 from husai.errors import UserError
 from husai.io import atomic_save_safetensors, atomic_write_json, load_safetensors
-from husai.model.fourier import FourierPlanes, effective_rank, fit_planes
+from husai.model.fourier import FourierGroup, FourierPlanes, effective_rank, fit_planes, task_group
 
 log = logging.getLogger(__name__)
 INPUT_ORDER = "row-major (a, b)"
@@ -93,18 +95,21 @@ def extract_to_dirs(
     from husai.tasks import make_dataset
 
     cfg = load_run_config(model_dir)
+    group = task_group(cfg.task.op, cfg.task.modulus)
     model, sha = load_model(model_dir, checkpoint), model_sha256(model_dir, checkpoint)
     data = make_dataset(cfg.task)
     fourier_json = Path(model_dir) / "fourier.json"
     if checkpoint == "final" and fourier_json.is_file():
         key_freqs = json.loads(fourier_json.read_text())["key_freqs"]
     else:
-        key_freqs = weight_fourier(model, cfg.task.modulus)["key_freqs"]
+        key_freqs = weight_fourier(model, cfg.task.modulus, cfg.task.op)["key_freqs"]
     todo = [h for h in hooks if not _is_current(Path(out_parent) / hook_slug(h, position), sha)]
     acts = extract(model, data.tokens, todo, position) if todo else {}
     for hook, acts_ND in acts.items():
-        planes = fit_planes(acts_ND, data.pairs, cfg.task.modulus, key_freqs)
+        planes = fit_planes(acts_ND, data.pairs, cfg.task.modulus, key_freqs, group=group)
         meta = _meta(hook, position, sha, checkpoint, cfg.task, acts_ND, planes)
+        if cfg.task.op != "add":  # add's meta.json keeps its original keys
+            meta.update(_group_meta(group, planes))
         _write_dir(Path(out_parent) / hook_slug(hook, position), acts_ND, data, planes, meta)
         log.info("%s: key-plane R^2 %.3f", hook, meta["key_r2_total"])
     return [Path(out_parent) / hook_slug(h, position) for h in hooks]
@@ -142,6 +147,12 @@ def _meta(
         "r2_by_variable": planes.r2_by_variable(key_only=True),
         "summary": planes_summary(planes),
     }
+
+
+def _group_meta(group: FourierGroup, planes: FourierPlanes) -> dict[str, Any]:
+    """The ground-truth group and the share of variance in the answer's key planes."""
+    answer = planes.r2_by_variable(key_only=True).get(group.answer, 0.0)
+    return {"group": group.info(), "answer_variable": group.answer, "key_r2_answer": answer}
 
 
 def _write_dir(
@@ -196,9 +207,10 @@ def _expect(
 
 
 def planes_summary(planes: FourierPlanes) -> dict[str, Any]:
-    """Key-plane R^2 in total, per variable, per key frequency, and without the a-b planes."""
+    """Key-plane R^2 in total, per variable, per key frequency, and without the a-b planes
+    (for mul, the a/b planes: the difference of the logs)."""
     key = planes.is_key
-    no_amb = key & torch.tensor([v != "a-b" for v in planes.variable])
+    no_amb = key & torch.tensor([v not in ("a-b", "a/b") for v in planes.variable])
     return {
         "key_freqs": planes.key_freqs,
         "key_r2_total": planes.key_r2_total,

@@ -40,6 +40,7 @@ from pydantic import (
 
 from husai.errors import UserError
 from husai.io import atomic_write_text
+from husai.model.fourier import is_prime
 from husai.saes.batchtopk import BatchTopKSAEConfig as BatchTopKSAEConfig
 from husai.saes.config_base import FrozenConfig, SAEConfigBase
 from husai.saes.config_base import SAETrainConfig as SAETrainConfig
@@ -74,7 +75,7 @@ class TaskConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _div_needs_prime(self) -> TaskConfig:
-        if self.op == "div" and not _is_prime(self.modulus):
+        if self.op == "div" and not is_prime(self.modulus):
             raise ValueError(f"op 'div' needs a prime modulus, got {self.modulus}")
         return self
 
@@ -341,10 +342,6 @@ def _drop_fields_of_old_arch(raw: dict[str, Any], set_keys: set[str]) -> None:
     if dropped:
         names = ", ".join(f"sae.{k}" for k in dropped)
         log.warning("--set sae.arch=%s: dropped %s (not a field of %s)", arch, names, cls.__name__)
-
-
-def _is_prime(n: int) -> bool:
-    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
 
 class StudyMetricsConfig(FrozenConfig):

@@ -98,3 +98,36 @@ def test_bad_input_errors(run_dir, acts_dirs, tmp_path):
     ):
         load_activations(acts_dirs[1])
     meta_path.write_text(json.dumps(meta))
+
+
+def _tiny_run(tmp_path, op: str, modulus: int):
+    cfg = ExperimentConfig.model_validate(
+        {
+            "name": f"acts_{op}",
+            "task": {"modulus": modulus, "op": op, "train_fraction": 0.5},
+            "model": {"d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32},
+            "train": {"steps": 5, "n_checkpoints": 2, "log_every": 5},
+            "tracking": {"mode": "disabled"},
+        }
+    )
+    return train_model(cfg, tmp_path, progress=False)
+
+
+def test_mul_planes_are_discrete_log_planes(tmp_path):
+    run = _tiny_run(tmp_path, "mul", 13)
+    (d,) = extract_to_dirs(run, [HOOKS[0]], tmp_path / "acts")
+    acts = load_activations(d)
+    assert acts.acts.shape == (144, 16) and int(acts.pairs.min()) == 1
+    assert acts.planes.variable[:4] == ["a", "b", "ab", "a/b"]
+    assert acts.planes.basis.shape == (4 * 5, 2, 16)  # k = 1..5 for the group of order 12
+    assert acts.meta["group"] == {"op": "mul", "order": 12, "generator": 2}
+    assert acts.meta["answer_variable"] == "ab"
+    fourier = json.loads((run / "fourier.json").read_text())
+    assert len(fourier["we_norms"]) == 12 // 2 + 1
+
+
+def test_a_task_without_ground_truth_is_a_one_line_error(tmp_path):
+    run = _tiny_run(tmp_path, "div", 13)
+    with pytest.raises(UserError, match="task.op: 'div' mod 13: no Fourier ground truth") as err:
+        extract_to_dirs(run, [HOOKS[0]], tmp_path / "acts")
+    assert "\n" not in str(err.value)

@@ -20,7 +20,9 @@
     (a, b)), mean removed, 2-D DFT; bin (k_a, k_b) (signed, |k| <= p/2) belongs to
     frequency |k| when it lies on an axis (k, 0), (0, k) or a diagonal (k, +-k) (the
     terms of cos/sin of a, b, a+b, a-b and their products); purity is the largest
-    frequency's share of the non-DC power; other bins count as unassigned power.
+    frequency's share of the non-DC power; other bins count as unassigned power. For
+    multiplication (planes with variables a, b, ab, a/b) the (p-1)^2 grid is first put in
+    discrete-log order (Chughtai et al. 2023), so the bins are frequencies of the log.
 
 Zero-norm latents have purity 0 and plane/frequency -1. Every report number carries a
 baseline: random unit decoders with the same number of latents (Monte Carlo, seeded),
@@ -46,6 +48,7 @@ from husai.metrics.inputs import as_decoder
 from husai.metrics.matching import unit_rows
 from husai.metrics.similarity import pw_mcc
 from husai.metrics.subspace import row_basis
+from husai.model.fourier import MUL_VARIABLES, task_group
 
 
 class PlanesLike(Protocol):
@@ -181,15 +184,25 @@ def frequency_allocation(
     }
 
 
-def activation_frequency_purity(codes_NS: Tensor, modulus: int) -> dict[str, np.ndarray]:
-    """Per latent: dominant-frequency share of the 2-D DFT power of its p x p activation grid."""
+def activation_frequency_purity(
+    codes_NS: Tensor, modulus: int, op: str = "add"
+) -> dict[str, np.ndarray]:
+    """Per latent: dominant-frequency share of the 2-D DFT power of its activation grid.
+
+    The grid is p x p for add/sub; for 'mul' the (p-1)^2 rows (nonzero a, b, row-major) are
+    put in discrete-log order first, so frequencies are those of the log (n = p - 1).
+    """
     codes_NS = torch.as_tensor(codes_NS).detach().double()
-    p = int(modulus)
+    group = task_group(op, int(modulus))
+    p = group.order
     if codes_NS.shape[0] != p * p:
         raise UserError(
-            f"codes: expected {p * p} rows (all p^2 inputs, row-major), got {codes_NS.shape[0]}"
+            f"codes: expected {p * p} rows (all inputs of op {op!r}, row-major), got {codes_NS.shape[0]}"
         )
     grid_PPS = codes_NS.reshape(p, p, -1)
+    if op == "mul":  # residue rows 1..p-1 -> element order g^0, g^1, ...
+        order_P = group.elements - 1
+        grid_PPS = grid_PPS[order_P][:, order_P]
     grid_PPS = grid_PPS - grid_PPS.mean(dim=(0, 1), keepdim=True)
     power_PPS = torch.fft.fft2(grid_PPS, dim=(0, 1)).abs().pow(2)
     label_PP = torch.from_numpy(_bin_labels(p))
@@ -269,7 +282,8 @@ def ground_truth_report(
     report["plane_freq"] = torch.as_tensor(planes.freq).tolist()
     report["plane_variable"] = list(getattr(planes, "variable", []) or [])
     if codes is not None and modulus is not None:
-        report.update(_activation_purity(codes, modulus, trials, seed))
+        op = "mul" if MUL_VARIABLES[2] in report["plane_variable"] else "add"
+        report.update(_activation_purity(codes, modulus, trials, seed, op))
     return report
 
 
@@ -285,15 +299,17 @@ def _gt_scalars(
     }
 
 
-def _activation_purity(codes: Tensor, modulus: int, trials: int, seed: int) -> dict[str, Any]:
+def _activation_purity(
+    codes: Tensor, modulus: int, trials: int, seed: int, op: str = "add"
+) -> dict[str, Any]:
     codes = torch.as_tensor(codes).detach()
-    act = activation_frequency_purity(codes, modulus)
+    act = activation_frequency_purity(codes, modulus, op)
     alive = (codes > 0).any(dim=0).numpy()
     value = float(act["purity"][alive].mean()) if alive.any() else 0.0
 
     def one(gen: torch.Generator) -> float:
         shuffled = codes[torch.randperm(codes.shape[0], generator=gen)]
-        pur = activation_frequency_purity(shuffled, modulus)["purity"]
+        pur = activation_frequency_purity(shuffled, modulus, op)["purity"]
         return float(pur[alive].mean()) if alive.any() else 0.0
 
     base, std = monte_carlo(one, max(2, min(trials, 4)), seed)

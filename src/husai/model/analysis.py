@@ -1,6 +1,10 @@
 """Fourier analysis of a trained model run, written to ``<run_dir>/fourier.json``.
 
-Reads the model's weights (the maths lives in :mod:`husai.model.fourier`):
+Reads the model's weights (the maths lives in :mod:`husai.model.fourier`). Frequencies are
+those of the task's ground-truth group (:func:`husai.model.fourier.task_group`): Z_p for
+add and sub, the discrete log of (Z/p)* (order p - 1, rows reordered by log, the token 0
+left out) for mul, recorded under ``group`` for sub and mul (add keeps its original keys;
+ops without a ground truth, such as div, are analysed over Z_p in residue order):
 
 - ``we_norms``: Fourier norm per frequency of the number embeddings W_E[:p] (rows = input);
 - ``wl_norms``: the same for the neuron-logit map W_L = W_out W_U (columns = output), which
@@ -9,7 +13,8 @@ Reads the model's weights (the maths lives in :mod:`husai.model.fourier`):
 - ``gini_we``/``gini_wl`` and ``top8_share_we`` (share of W_E's non-constant squared Fourier
   norm in its 8 largest frequencies; ``top8_share_we_norm`` uses plain norms);
 - ``progress``: per checkpoint, train/test loss, restricted loss (on all inputs) and excluded
-  loss (on the training inputs) with the final key frequencies (addition only).
+  loss (on the training inputs) with the final key frequencies, along the answer's
+  cos/sin(w_k s) with s = a+b, a-b or log a + log b (None unless the inputs are the whole grid).
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from husai.errors import UserError
 from husai.io import atomic_write_json, load_safetensors
 from husai.model.build import final_logits
 from husai.model.fourier import (
+    FourierGroup,
     frequency_norms,
     gini,
     key_frequencies,
     restricted_and_excluded,
+    task_group,
     top_share,
 )
 from husai.model.store import checkpoint_file, list_checkpoints
@@ -36,12 +44,15 @@ from husai.tasks import ModularDataset
 KEY_COVERAGE = 0.9
 
 
-def weight_fourier(model: HookedTransformer, p: int) -> dict[str, Any]:
-    """Fourier norms of W_E and W_L, key frequencies, Gini and top-8 shares."""
-    we = frequency_norms(model.embed.W_E[:p])
+def weight_fourier(model: HookedTransformer, p: int, op: str = "add") -> dict[str, Any]:
+    """Fourier norms of W_E and W_L in ``op``'s group, key frequencies, Gini and top-8 shares."""
+    group = _analysis_group(op, p)
+    we = frequency_norms(group.rows(model.embed.W_E[:p]))
     last = model.blocks[-1]
-    wl = frequency_norms((last.mlp.W_out @ model.unembed.W_U).T)
+    wl = frequency_norms(group.rows((last.mlp.W_out @ model.unembed.W_U).T))
+    extra = {} if group.op == "add" else {"group": group.info()}
     return {
+        **extra,
         "we_norms": we.tolist(),
         "wl_norms": wl.tolist(),
         "key_freqs": key_frequencies(wl, KEY_COVERAGE),
@@ -58,7 +69,7 @@ def weight_fourier(model: HookedTransformer, p: int) -> dict[str, Any]:
 def progress_measures(
     model: HookedTransformer, data: ModularDataset, key_freqs: list[int]
 ) -> dict[str, float | None]:
-    """Train/test loss, and restricted/excluded loss if the task is a+b on the full grid."""
+    """Train/test loss, and restricted/excluded loss if the inputs are the group's full grid."""
     p = data.modulus
     logits_NC = final_logits(model, data.tokens).double()
     out: dict[str, float | None] = {
@@ -71,27 +82,46 @@ def progress_measures(
         "restricted_loss": None,
         "excluded_loss": None,
     }
-    if _is_full_addition(data):
-        restricted, excluded = restricted_and_excluded(logits_NC.view(p, p, p), key_freqs)
-        out["restricted_loss"] = F.cross_entropy(restricted.reshape(p * p, p), data.labels).item()
+    group = _analysis_group(data.op, p)
+    answer_AB = _answer_grid(data, group)
+    if answer_AB is not None:
+        m = answer_AB.shape[0]
+        restricted, excluded = restricted_and_excluded(
+            logits_NC.view(m, m, p), key_freqs, answer_AB, group.order
+        )
+        out["restricted_loss"] = F.cross_entropy(restricted.reshape(m * m, p), data.labels).item()
         mask = data.train_mask
         out["excluded_loss"] = F.cross_entropy(
-            excluded.reshape(p * p, p)[mask], data.labels[mask]
+            excluded.reshape(m * m, p)[mask], data.labels[mask]
         ).item()
     return out
 
 
-def _is_full_addition(data: ModularDataset) -> bool:
-    p = data.modulus
-    labels_ok = bool((data.labels == (data.pairs[:, 0] + data.pairs[:, 1]) % p).all())
-    return data.pairs.shape[0] == p * p and labels_ok
+def _analysis_group(op: str, p: int) -> FourierGroup:
+    """The task's ground-truth group; Z_p in residue order where it has none (div, or mul
+    mod a composite), so such models still train and get their weight norms."""
+    try:
+        return task_group(op, p)
+    except UserError:
+        return task_group("add", p)
+
+
+def _answer_grid(data: ModularDataset, group: FourierGroup) -> torch.Tensor | None:
+    """The answer's group element on the row-major grid of the group's residues, if the
+    dataset's inputs are exactly that grid (else None)."""
+    members = torch.nonzero(group.log >= 0).flatten()
+    m = members.numel()
+    grid = torch.stack(torch.meshgrid(members, members, indexing="ij"), -1).reshape(-1, 2)
+    if data.pairs.shape != grid.shape or not torch.equal(data.pairs, grid):
+        return None
+    return group.coordinates(grid)[group.answer].view(m, m)
 
 
 def write_fourier_json(
     run_dir: Path, model: HookedTransformer, data: ModularDataset
 ) -> dict[str, Any]:
     """Analyse the final weights and every checkpoint; write and return fourier.json's dict."""
-    result = weight_fourier(model, data.modulus)
+    result = weight_fourier(model, data.modulus, data.op)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     rows: dict[str, list[Any]] = {"step": []}
     for step in list_checkpoints(run_dir):

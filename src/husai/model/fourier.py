@@ -1,6 +1,19 @@
 """Fourier analysis over Z_p and ground-truth Fourier feature planes (pure tensor maths).
 
-This module imports only torch, so ``husai.metrics`` can use it without TransformerLens.
+This module imports only torch (and ``husai.errors``), so ``husai.metrics`` can use it
+without TransformerLens.
+
+- :class:`FourierGroup` / :func:`task_group`: the cyclic group Z_n whose characters are a
+  task's ground truth, and where each residue sits in it. Addition and subtraction live in
+  Z_p itself (variables a, b, a+b, a-b; the answer is carried by a+b, resp. a-b: for
+  subtraction cos(w(a-b)) = cos(wa)cos(wb) + sin(wa)sin(wb), the same trigonometry as
+  Nanda et al. 2023). Multiplication mod a prime p lives in (Z/p)*, cyclic of order
+  n = p - 1: with a primitive root g every nonzero x is g^log(x), and ab = g^(log a + log b),
+  so a grokked model computes with cos/sin(2 pi k log(x) / n) (Chughtai, Chan & Nanda 2023,
+  "A toy model of universality", Sec. 4; variables a, b, ab, a/b, answer ab). The residue 0
+  is outside the group: 'mul' datasets drop pairs with a zero operand (husai.tasks.modular).
+  Division has no ground truth here (its dataset keeps a = 0), so asking for it is a
+  UserError, as is 'mul' with a composite modulus ((Z/n)* need not be cyclic).
 
 - :func:`fourier_basis`: the orthonormal real Fourier basis of functions on Z_p: a constant,
   then cos/sin(2 pi k x / p) for k = 1..p//2 (Nanda et al. 2023, Sec. 3).
@@ -14,11 +27,13 @@ This module imports only torch, so ``husai.metrics`` can use it without Transfor
   keeps only them (plus each output's mean), excluded loss removes them (Nanda et al. 2023,
   Sec. 5.1, "restricted loss" and "excluded loss").
 - :func:`fit_planes`: ground truth in the model's own activation space. Activations over all
-  inputs are regressed on cos/sin(2 pi k v / p) for v in a, b, a+b, a-b; each (frequency,
-  variable) pair gives one plane: the 2 x d row space of its two coefficient rows and the
-  share of activation variance its fitted part explains. On the full p x p grid with p odd the
-  regressors are orthogonal, so the shares add up to the total R^2. The a-b planes matter
-  because ReLU neurons multiply a- and b-components: cos x cos y = (cos(x+y) + cos(x-y)) / 2.
+  inputs are regressed on cos/sin(2 pi k v / n) for v in the group's four variables (for
+  Z_p: a, b, a+b, a-b), k = 1..(n-1)//2; each (frequency, variable) pair gives one plane:
+  the 2 x d row space of its two coefficient rows and the share of activation variance its
+  fitted part explains. On the full grid the regressors are orthogonal, so the shares add
+  up to the total R^2 (for even n the 1-D character k = n/2, the Legendre symbol for
+  'mul', is no plane and stays in the residual). The a-b planes matter because ReLU
+  neurons multiply a- and b-components: cos x cos y = (cos(x+y) + cos(x-y)) / 2.
 """
 
 from __future__ import annotations
@@ -30,7 +45,94 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from husai.errors import UserError
+
 VARIABLES = ("a", "b", "a+b", "a-b")
+MUL_VARIABLES = ("a", "b", "ab", "a/b")
+_ANSWER = {"add": "a+b", "sub": "a-b", "mul": "ab"}
+
+
+def is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
+def primitive_root(p: int) -> int:
+    """The smallest generator of (Z/p)* for a prime p (3 for p = 113)."""
+    if not is_prime(p):
+        raise ValueError(f"expected a prime modulus, got {p}")
+    factors = [q for q in range(2, p) if (p - 1) % q == 0 and is_prime(q)]
+    return next(g for g in range(1, p) if all(pow(g, (p - 1) // q, p) != 1 for q in factors))
+
+
+def discrete_log(p: int, g: int | None = None) -> Int[Tensor, " p"]:
+    """``log[x]`` with g^log[x] = x mod p for x = 1..p-1, and -1 for x = 0."""
+    g = primitive_root(p) if g is None else g
+    log = torch.full((p,), -1, dtype=torch.long)
+    x = 1
+    for i in range(p - 1):
+        if log[x] >= 0:
+            raise ValueError(f"{g} is not a primitive root mod {p}")
+        log[x] = i
+        x = x * g % p
+    return log
+
+
+@dataclass(frozen=True)
+class FourierGroup:
+    """The cyclic group Z_n of a task's ground truth; ``log[x]`` is residue x's element (-1: none)."""
+
+    op: str
+    modulus: int
+    log: Int[Tensor, " p"]
+    variables: tuple[str, ...]
+    generator: int | None = None
+
+    @property
+    def order(self) -> int:
+        return int((self.log >= 0).sum())
+
+    @property
+    def answer(self) -> str:
+        """The variable whose planes carry the answer (a+b, a-b or ab)."""
+        return _ANSWER[self.op]
+
+    @property
+    def elements(self) -> Int[Tensor, " n"]:
+        """The residue of each group element 0..n-1 (for 'mul', g^i mod p)."""
+        members = torch.nonzero(self.log >= 0).flatten()
+        return members[self.log[members].argsort()]
+
+    def rows(self, w_PD: Tensor) -> Tensor:
+        """Rows of ``w`` (indexed by residue) in group order, ready for :func:`frequency_norms`."""
+        if self.generator is None:  # Z_p: residue order already (kept as is, bit for bit)
+            return w_PD
+        return w_PD[self.elements]
+
+    def coordinates(self, pairs_N2: Int[Tensor, "n 2"]) -> dict[str, Float[Tensor, " n"]]:
+        """Each variable's group element (unreduced sums/differences of logs) per pair."""
+        la, lb = self.log[pairs_N2[:, 0]], self.log[pairs_N2[:, 1]]
+        if bool((la < 0).any() | (lb < 0).any()):
+            raise UserError(f"op {self.op!r}: a pair has an operand outside the group (zero?)")
+        la, lb = la.double(), lb.double()
+        return dict(zip(self.variables, (la, lb, la + lb, la - lb), strict=True))
+
+    def info(self) -> dict[str, object]:
+        return {"op": self.op, "order": self.order, "generator": self.generator}
+
+
+def task_group(op: str, p: int) -> FourierGroup:
+    """The ground-truth group of task ``op`` mod ``p``; a one-line UserError where none exists."""
+    if op in ("add", "sub"):
+        return FourierGroup(op, p, torch.arange(p), VARIABLES)
+    if op == "mul" and is_prime(p):
+        g = primitive_root(p)
+        return FourierGroup(op, p, discrete_log(p, g), MUL_VARIABLES, g)
+    why = (
+        "the discrete-log ground truth needs a prime modulus"
+        if op == "mul"
+        else "no Fourier ground truth is implemented for it (supported: add, sub, mul)"
+    )
+    raise UserError(f"task.op: {op!r} mod {p}: {why}")
 
 
 def fourier_basis(p: int) -> tuple[Float[Tensor, "p p"], list[str]]:
@@ -85,17 +187,25 @@ def gini(values: Float[Tensor, " n"]) -> float:
 
 
 def restricted_and_excluded(
-    logits_ABC: Float[Tensor, "p p c"], key_freqs: list[int]
+    logits_ABC: Float[Tensor, "p p c"],
+    key_freqs: list[int],
+    answer_AB: Float[Tensor, "p p"] | None = None,
+    order: int | None = None,
 ) -> tuple[Float[Tensor, "p p c"], Float[Tensor, "p p c"]]:
-    """Logits restricted to (mean + key cos/sin(w_k(a+b)) components), and logits without them."""
+    """Logits restricted to (mean + key cos/sin(w_k s) components), and logits without them.
+
+    ``s = answer_AB`` is the answer's group element per input (default a + b on the p x p
+    grid, ``order`` p); w_k = 2 pi k / order.
+    """
     p = logits_ABC.shape[0]
     x = logits_ABC.double()
     a = torch.arange(p, dtype=torch.float64)
-    s_AB = a[:, None] + a[None, :]
+    s_AB = a[:, None] + a[None, :] if answer_AB is None else answer_AB.double()
+    order = p if order is None else order
     key_ABC = torch.zeros_like(x)
     for k in key_freqs:
         for fn in (torch.cos, torch.sin):
-            u_AB = fn(2 * math.pi * k * s_AB / p)
+            u_AB = fn(2 * math.pi * k * s_AB / order)
             coef_C = torch.einsum("ab,abc->c", u_AB, x) / u_AB.pow(2).sum()
             key_ABC += u_AB[:, :, None] * coef_C
     mean_C = x.mean(dim=(0, 1), keepdim=True)
@@ -103,15 +213,23 @@ def restricted_and_excluded(
 
 
 def design_matrix(
-    pairs_N2: Int[Tensor, "n 2"], p: int, freqs: list[int], variables: tuple[str, ...] = VARIABLES
+    pairs_N2: Int[Tensor, "n 2"],
+    p: int,
+    freqs: list[int],
+    variables: tuple[str, ...] | None = None,
+    group: FourierGroup | None = None,
 ) -> tuple[Float[Tensor, "n m"], list[tuple[int, str]]]:
-    """Columns cos, sin(2 pi k v / p) per (frequency, variable) plane, and the plane list."""
-    a, b = pairs_N2[:, 0].double(), pairs_N2[:, 1].double()
-    values = {"a": a, "b": b, "a+b": a + b, "a-b": a - b}
+    """Columns cos, sin(2 pi k v / n) per (frequency, variable) plane, and the plane list.
+
+    ``group`` defaults to Z_p (v in a, b, a+b, a-b); ``variables`` to all of the group's.
+    """
+    group = task_group("add", p) if group is None else group
+    values = group.coordinates(pairs_N2)
+    n = group.order
     cols, planes = [], []
     for k in freqs:
-        for var in variables:
-            angle = 2 * math.pi * k * values[var] / p
+        for var in group.variables if variables is None else variables:
+            angle = 2 * math.pi * k * values[var] / n
             cols += [torch.cos(angle), torch.sin(angle)]
             planes.append((k, var))
     return torch.stack(cols, dim=1), planes
@@ -182,11 +300,14 @@ def fit_planes(
     pairs_N2: Int[Tensor, "n 2"],
     p: int,
     key_freqs: list[int],
-    variables: tuple[str, ...] = VARIABLES,
+    variables: tuple[str, ...] | None = None,
+    group: FourierGroup | None = None,
 ) -> FourierPlanes:
-    """Regress centred activations on every (k = 1..(p-1)//2, variable) plane; see module doc."""
+    """Regress centred activations on every (k = 1..(n-1)//2, variable) plane; see module doc."""
+    group = task_group("add", p) if group is None else group
     x_ND = acts_ND.double() - acts_ND.double().mean(0)
-    phi_NM, planes = design_matrix(pairs_N2, p, list(range(1, (p - 1) // 2 + 1)), variables)
+    freqs = list(range(1, (group.order - 1) // 2 + 1))
+    phi_NM, planes = design_matrix(pairs_N2, p, freqs, variables, group)
     phi_NM = phi_NM - phi_NM.mean(0)
     coef_MD = torch.linalg.lstsq(phi_NM, x_ND).solution
     total = x_ND.pow(2).sum()

@@ -11,7 +11,11 @@ Formats: ``a_b_eq`` gives ``[a, b, =]`` (Nanda et al. 2023), ``a_op_b_eq`` gives
 ``0 .. p-1`` (so ``d_vocab_out = p``).
 
 Inputs are ordered row-major over (a, b): index ``a * p + b``. For ``div``, pairs with
-b = 0 are dropped. The train/test split is a seeded random permutation of that
+b = 0 are dropped. For ``mul``, pairs with a zero operand are dropped: 0 * b = 0 carries no
+information about b, and on the nonzero residues multiplication is the cyclic group
+(Z/p)* of order p - 1, whose ground truth is Fourier features of the discrete log
+(:mod:`husai.model.fourier`, Chughtai, Chan & Nanda 2023). So ``mul`` has (p - 1)^2 pairs,
+row-major over a, b in 1..p-1; the token 0 never appears in its inputs or labels. The train/test split is a seeded random permutation of that
 order; the first ``round(train_fraction * n)`` pairs train.
 """
 
@@ -28,12 +32,14 @@ from husai.config import OPS, TaskConfig
 
 
 def make_pairs(modulus: int, op: str = "add") -> Int[Tensor, "n 2"]:
-    """All (a, b) pairs in row-major order (b = 0 dropped for 'div')."""
+    """All (a, b) pairs in row-major order (b = 0 dropped for 'div', a or b = 0 for 'mul')."""
     _check_modulus(modulus)
     a, b = torch.meshgrid(torch.arange(modulus), torch.arange(modulus), indexing="ij")
     pairs = torch.stack([a.flatten(), b.flatten()], dim=1)
     if op == "div":
         pairs = pairs[pairs[:, 1] != 0]
+    if op == "mul":
+        pairs = pairs[(pairs != 0).all(dim=1)]
     return pairs
 
 
@@ -84,6 +90,7 @@ class ModularDataset:
     pairs: Int[Tensor, "n 2"]
     train_mask: Bool[Tensor, " n"]
     modulus: int
+    op: str = "add"
 
     @property
     def train(self) -> tuple[Tensor, Tensor]:
@@ -102,6 +109,7 @@ def make_dataset(cfg: TaskConfig) -> ModularDataset:
         pairs=pairs,
         train_mask=split_mask(len(pairs), cfg.train_fraction, cfg.data_seed),
         modulus=cfg.modulus,
+        op=cfg.op,
     )
 
 

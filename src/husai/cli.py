@@ -1,48 +1,46 @@
 """The ``husai`` command line: a thin typer app, one library call per command.
 
-User mistakes (``husai.errors.UserError``, which includes config errors) print one
-line to stderr and exit with code 2, without a traceback.
+Each command imports its library function inside its body (a plain ``from husai.x import
+f``, so go-to-definition works): importing them all at the top pulls in torch,
+TransformerLens and SAELens and makes ``husai --help`` take seconds instead of a fraction
+of one. Relative config and model paths are looked up here, then among the files shipped
+with husai (:func:`husai.resources.locate`).
+
+Every command runs under :func:`_user_errors`: a user mistake (``husai.errors.UserError``,
+which includes config errors) prints one line to stderr and exits with code 2, without a
+traceback; Ctrl-C prints its message (a study says how to resume) and exits with 130.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import typer
+
+from husai.errors import UserError
+from husai.resources import DEFAULT_MODEL, data_root, locate
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="HUSAI: are SAE features stable across seeds?"
 )
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 SetOpt = typer.Option(
     None, "--set", help="Override a config field, e.g. --set sae.k=16 (repeatable)."
 )
 
 
-def _call(module: str, func: str, *args: Any, **kwargs: Any) -> Any:
-    """Import ``module.func`` and call it; user errors become one line and exit 2."""
-    from husai.errors import UserError
-
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A UserError becomes ``error: ...`` and exit 2; Ctrl-C its message and exit 130."""
     try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name and module.startswith(err.name):
-            typer.echo(f"error: this command is not built yet ({module} does not exist)", err=True)
-            raise typer.Exit(2) from None
-        raise
-    fn: Callable[..., Any] | None = getattr(mod, func, None)
-    if fn is None:
-        typer.echo(
-            f"error: this command is not built yet ({module}.{func} does not exist)", err=True
-        )
-        raise typer.Exit(2)
-    try:
-        return fn(*args, **kwargs)
+        yield
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -51,29 +49,36 @@ def _call(module: str, func: str, *args: Any, **kwargs: Any) -> Any:
         raise typer.Exit(130) from None
 
 
-def _load(path: Path, overrides: Optional[list[str]], kind: str = "experiment") -> Any:
-    from husai.config import ConfigError, load_any_config
+def _command(name: str) -> Callable[[Command], Command]:
+    """Register ``husai NAME``, run under :func:`_user_errors`; the function is unchanged."""
 
-    try:
-        return load_any_config(path, overrides or [], kind=kind)
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    def register(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def handled(*args: Any, **kwargs: Any) -> Any:
+            with _user_errors():
+                return fn(*args, **kwargs)
+
+        app.command(name)(handled)
+        return fn
+
+    return register
+
+
+def _load(path: Path, overrides: Optional[list[str]], kind: str = "experiment") -> Any:
+    from husai.config import load_any_config
+
+    return load_any_config(locate(path), overrides or [], kind=kind)
 
 
 def _check_out_dir(out: Path) -> None:
-    """Exit 2 with one line unless ``out`` is, or can be made, a writable directory."""
+    """A UserError unless ``out`` is, or can be made, a writable directory."""
     existing = out.absolute()
     while not existing.exists():  # creates nothing: the run store is made later
         existing = existing.parent
-    problem = None
     if not existing.is_dir():
-        problem = f"{existing} is a file, not a directory"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = f"{existing} is not writable"
-    if problem is not None:
-        typer.echo(f"error: --out {out}: {problem}", err=True)
-        raise typer.Exit(2)
+        raise UserError(f"--out {out}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not writable")
 
 
 @app.callback()
@@ -92,18 +97,20 @@ def _options(
         torch.set_num_threads(threads)
 
 
-@app.command("train-model")
-def train_model(
+@_command("train-model")
+def train_model_command(
     config: Path = typer.Argument(..., help="Experiment/model YAML (task, model, train)."),
     out: Path = typer.Option(Path("runs/models"), help="Parent directory of the model run."),
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Train the transformer on the modular task (full batch) and save checkpoints."""
-    run_dir = _call("husai.model.train", "train_model", _load(config, set_), out)
+    from husai.model.train import train_model
+
+    run_dir = train_model(_load(config, set_), out)
     print(f"model run: {run_dir}")
 
 
-@app.command("extract")
+@_command("extract")
 def extract(
     model_dir: Path = typer.Argument(..., help="A model run directory."),
     hook: list[str] = typer.Option(["blocks.0.hook_resid_post"], help="Hook name(s) to read."),
@@ -113,13 +120,13 @@ def extract(
     ),
 ) -> None:
     """Extract activations at hook points for all p^2 inputs, with ground-truth Fourier planes."""
-    for path in _call(
-        "husai.activations", "extract_to_dirs", model_dir, hook, out, position=position
-    ):
+    from husai.activations import extract_to_dirs
+
+    for path in extract_to_dirs(model_dir, hook, out, position=position):
         print(f"activations: {path}")
 
 
-@app.command("train-saes")
+@_command("train-saes")
 def train_saes(
     config: Path = typer.Argument(..., help="Experiment YAML (sae, sae_train)."),
     activations: Optional[Path] = typer.Option(
@@ -130,18 +137,19 @@ def train_saes(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Train one batched group of SAEs (every seed at once) and write one directory per SAE."""
+    from husai.activations import extract_to_dirs
+    from husai.saes.api import train_saes_from_config
+
     cfg = _load(config, set_)
     if activations is None:
-        model_dir = Path(__file__).resolve().parents[2] / "artifacts" / "default_model"
-        (activations,) = _call(
-            "husai.activations", "extract_to_dirs", model_dir, [cfg.hook], Path("runs/activations")
-        )
+        model_dir = data_root() / DEFAULT_MODEL
+        (activations,) = extract_to_dirs(model_dir, [cfg.hook], Path("runs/activations"))
         print(f"activations: {activations}")
-    for path in _call("husai.saes.api", "train_saes_from_config", cfg, activations, out):
+    for path in train_saes_from_config(cfg, activations, out):
         print(f"sae: {path}")
 
 
-@app.command("analyze")
+@_command("analyze")
 def analyze(
     sae_dirs: list[Path] = typer.Argument(
         ...,
@@ -154,12 +162,14 @@ def analyze(
     out: Path = typer.Option(Path("analysis.json"), help="Where to write the JSON results."),
 ) -> None:
     """Stability metrics across SAEs, each with its random baseline; optionally vs ground truth."""
-    table = _call("husai.metrics.analyze", "analyze_dirs", sae_dirs, ground_truth, out)
+    from husai.metrics.analyze import analyze_dirs
+
+    table = analyze_dirs(sae_dirs, ground_truth, out)
     print(table)
     print(f"json: {out}")
 
 
-@app.command("trust")
+@_command("trust")
 def trust(
     sae_dirs: list[Path] = typer.Argument(
         ...,
@@ -183,18 +193,67 @@ def trust(
 ) -> None:
     """Per-latent trust: which latents reappear in the other SAEs (stability at tau), their
     partners, and the reproducible subspace; each beside its random baseline."""
+    from husai.report.trust_page import trust_report
+
     _check_out_dir(out)
-    text = _call(
-        "husai.report.trust_page",
-        "trust_report",
-        sae_dirs,
-        out,
-        activations=activations,
-        tau=tau,
-        subspace_rank=subspace_rank,
+    text = trust_report(
+        sae_dirs, out, activations=activations, tau=tau, subspace_rank=subspace_rank
     )
     print(text)
     print(f"table: {out / 'trust.parquet'}, {out / 'trust.csv'}; page: {out / 'trust.html'}")
+
+
+@_command("consensus")
+def consensus(
+    sae_dirs: list[Path] = typer.Argument(
+        ..., help="Two or more SAE directories (SAELens format, one d_in), or a directory of them."
+    ),
+    activations: Path = typer.Option(
+        ...,
+        help="Activation directory the SAEs read: the encoder is fitted and EV/L0 measured on it.",
+    ),
+    out: Path = typer.Option(
+        Path("consensus"), help="Directory for the consensus SAE (SAELens format + consensus.json)."
+    ),
+    min_seeds: Optional[int] = typer.Option(
+        None,
+        help="Keep clusters with latents of at least this many SAEs, in [1, n] "
+        "(default: the smallest m with (m-1)/(n-1) >= 1/2).",
+    ),
+    tau: float = typer.Option(
+        0.7,
+        help="Decoder cosine at which latents of different SAEs may share a cluster, in (0, 1].",
+    ),
+    k: Optional[int] = typer.Option(
+        None, help="TopK refit with k active latents (default: the seeds' mean L0)."
+    ),
+    l1: Optional[float] = typer.Option(
+        None, help="ReLU refit with this L1 coefficient instead of TopK."
+    ),
+    steps: int = typer.Option(2000, help="Adam steps fitting the encoder, decoder fixed."),
+    finetune_steps: int = typer.Option(
+        0, help="Further steps training decoder and encoder together."
+    ),
+    seed: int = typer.Option(0, help="Data-order seed of the fit."),
+) -> None:
+    """Consensus SAE: the latents at least --min-seeds SAEs share (decoder cosine >= tau), their
+    mean directions as the decoder, the encoder fitted on the activations; EV and L0 beside the seeds'."""
+    from husai.metrics.consensus_sae import build_consensus, consensus_report
+
+    result = build_consensus(
+        sae_dirs,
+        activations,
+        out,
+        min_seeds=min_seeds,
+        tau=tau,
+        k=k,
+        l1=l1,
+        steps=steps,
+        finetune_steps=finetune_steps,
+        seed=seed,
+    )
+    print(consensus_report(result))
+    print(f"sae: {out}")
 
 
 StudyOut = typer.Option(None, "--out", help="Run store directory (default runs/<study-name>).")
@@ -210,11 +269,11 @@ def _study(
     set_: list[str] | None,
     report: bool,
 ) -> Any:
+    from husai.experiments import run_study
+
     if out is not None:
         _check_out_dir(out)
-    return _call(
-        "husai.experiments",
-        "run_study",
+    return run_study(
         study,
         out=out,
         executor=executor,
@@ -224,7 +283,7 @@ def _study(
     )
 
 
-@app.command("sweep")
+@_command("sweep")
 def sweep(
     study: Path = typer.Argument(..., help="Study YAML."),
     out: Optional[Path] = StudyOut,
@@ -236,16 +295,22 @@ def sweep(
     print(f"study: {_study(study, out, executor, address, set_, report=False)}")
 
 
-@app.command("report")
+@_command("report")
 def report(run_dir: Path = typer.Argument(..., help="A study run directory.")) -> None:
     """Write report.html and report.md for a finished study."""
-    path = _call("husai.report", "build_report", run_dir)
+    from husai.report import build_report
+
+    path = build_report(run_dir)
     print(f"report: {path}")
 
 
-@app.command("run")
+@_command("run")
 def run(
-    study: Path = typer.Argument(Path("configs/studies/default.yaml"), help="Study YAML."),
+    study: Path = typer.Argument(
+        Path("configs/studies/default.yaml"),
+        help="Study YAML (a relative path that is not here is read from the configs shipped "
+        "with husai).",
+    ),
     out: Optional[Path] = StudyOut,
     executor: str = ExecutorOpt,
     address: Optional[str] = AddressOpt,
@@ -255,7 +320,7 @@ def run(
     print(f"report: {_study(study, out, executor, address, set_, report=True)}")
 
 
-@app.command("validate")
+@_command("validate")
 def validate(
     config: Path = typer.Argument(..., help="An experiment or a study YAML."),
     set_: Optional[list[str]] = SetOpt,

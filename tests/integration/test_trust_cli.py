@@ -315,3 +315,45 @@ def test_the_page_table_sorts_by_the_clicked_column(saes: list[Path], tmp_path: 
     top = OWN + SHARED - 1
     assert [int(x) for x in out["latentDesc"]] == [top] * 3 + [top - 1] * 3 + [top - 2]
     assert [int(x) for x in out["latentAsc"]] == [0, 0, 0, 1, 1, 1, 2]
+
+
+def _acts_dir(path: Path, d: int = D) -> Path:
+    path.mkdir()
+    save_file({"acts": _acts(d=d)}, str(path / "acts.safetensors"))
+    return path
+
+
+def test_consensus_builds_an_sae_from_the_shared_latents(saes: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "cons"
+    args = ["--activations", _acts_dir(tmp_path / "acts"), "--out", out, "--steps", 50]
+    code, stdout, err = invoke_husai("consensus", *saes, *args, "--k", 4, "--min-seeds", 3)
+    assert code == 0, err
+    cfg = json.loads((out / "cfg.json").read_text())
+    # the SHARED common latents are in all 3 SAEs; two random unit vectors in D = 16 rarely
+    # reach cosine 0.7, and never in all three SAEs at once here
+    assert cfg["d_sae"] == SHARED and cfg["d_in"] == D, cfg
+    assert f"sae: {out}" in stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--tau", "1.5"], "tau"),
+        (["--min-seeds", "4"], "min_seeds"),
+    ],
+)
+def test_consensus_bad_input_is_one_line(
+    saes: list[Path], tmp_path: Path, extra: list[str], expected: str
+) -> None:
+    out = tmp_path / "cons"
+    args = ["--activations", _acts_dir(tmp_path / "acts"), "--out", out, *extra]
+    code, _, err = invoke_husai("consensus", *saes, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
+    assert not out.exists()
+
+
+def test_consensus_refuses_activations_of_another_width(saes: list[Path], tmp_path: Path) -> None:
+    acts = _acts_dir(tmp_path / "acts", d=D + 1)
+    code, _, err = invoke_husai("consensus", *saes, "--activations", acts, "--out", tmp_path / "c")
+    assert code == 2 and f"[n, {D}]" in err, err
+    assert not (tmp_path / "c").exists()

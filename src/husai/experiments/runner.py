@@ -23,6 +23,7 @@ message says that rerunning resumes. Either way the lock is released.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -31,15 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from husai.activations import extract_to_dirs, load_activations
 from husai.config import StudyConfig
 from husai.errors import DiskFullError, RunInterrupted, UserError
 from husai.experiments.executors import run_local, run_ray
@@ -50,9 +44,17 @@ from husai.experiments.tables import build_tables
 from husai.experiments.tracking import log_unit
 from husai.experiments.unit import UnitPayload, UnitResult
 from husai.io import atomic_write_bytes, atomic_write_json
+from husai.model import load_model
+from husai.model.build import build_model
+from husai.model.splice import check_hook
+from husai.model.store import config_fingerprint, list_checkpoints, load_run_config
+from husai.model.train import checkpoint_steps, train_model
+from husai.progress import progress_bar
+from husai.report import build_report
+from husai.resources import locate, shipped
+from husai.tasks import make_dataset
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_study(
@@ -69,7 +71,10 @@ def run_study(
     console = console or Console(stderr=True)
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: expected 'local' or 'ray', got {executor!r}")
-    study = StudyConfig.from_yaml(study_path, overrides)
+    study_file = locate(study_path)
+    if study_file != Path(study_path):
+        console.print(f"study file: {study_file} (shipped with husai)")
+    study = StudyConfig.from_yaml(study_file, overrides)
     units = expand_grid(study)  # validates every grid value before any work
     reuse = model_to_reuse(study, study_path)
     check_hooks_and_checkpoints(study, study_path, reuse)
@@ -129,8 +134,6 @@ def _run(
     if not report:
         return store.root
     console.print("[bold]stage 5/5[/] report")
-    from husai.report import build_report
-
     return build_report(
         store.root,
         stability_threshold=study.report.stability_threshold,
@@ -141,12 +144,10 @@ def _run(
 def model_to_reuse(study: StudyConfig, study_path: str | Path) -> Path | None:
     """The model run to reuse, or None to train one (``transformer_run: null``, or a run
     trained with another config). A ``transformer_run`` that holds no model run is an error."""
-    from husai.model.store import config_fingerprint, load_run_config
-
     if study.transformer_run is None:
         log.info("transformer_run is null: the study trains its own model")
         return None
-    run = _resolve(study.transformer_run)
+    run = _model_run(study.transformer_run)
     if run is None:
         raise UserError(
             f"{study_path}: transformer_run: no model run at {study.transformer_run} "
@@ -164,11 +165,6 @@ def check_hooks_and_checkpoints(
 ) -> None:
     """Every grid hook exists in the model and every checkpoint is one the model has (or,
     for a model still to train, one its training will save); else one UserError line."""
-    from husai.model.build import build_model
-    from husai.model.splice import check_hook
-    from husai.model.store import list_checkpoints
-    from husai.model.train import checkpoint_steps
-
     model = build_model(study.task, study.model)
     for hook in study.hooks:
         try:
@@ -192,8 +188,6 @@ def check_hooks_and_checkpoints(
 
 def ensure_model(study: StudyConfig, store: RunStore, reuse: Path | None) -> Path:
     """The model run to use: ``reuse`` if given, else one trained into the store."""
-    from husai.model.train import train_model
-
     if reuse is None:
         with _disk_full_is_one_line(store.root / study.model_experiment().name):
             model_dir = train_model(study.model_experiment(), store.root)
@@ -223,8 +217,6 @@ def ensure_activations(
     study: StudyConfig, store: RunStore, model_dir: Path
 ) -> dict[tuple[str, str], Path]:
     """Activation dirs per (checkpoint, hook); reused while the model checksum is unchanged."""
-    from husai.activations import extract_to_dirs
-
     out = {}
     for checkpoint in study.checkpoints:
         paths = extract_to_dirs(
@@ -249,8 +241,6 @@ def run_units(
     address: str | None,
     console: Console,
 ) -> None:
-    from husai.activations import load_activations
-
     todo: list[tuple[Unit, str, Path]] = []
     for unit in units:
         acts_dir = acts_dirs[(unit.checkpoint, unit.hook)]
@@ -268,17 +258,14 @@ def run_units(
             yield _payload(study, unit, uid, cache[acts_dir], model_dir)
 
     content = {uid: unit.content() for unit, uid, _ in todo}
-    with _progress(console) as progress:
-        task = progress.add_task("units", total=len(todo))
+    with progress_bar("units", len(todo), console=console) as bar:
 
         def on_result(result: UnitResult) -> None:
             store.write_unit(result, content[result.unit_id])
             log_unit(study.tracking, study.name, store.root, result, content[result.unit_id])
             status = "ok" if result.status == "ok" else f"[red]failed: {result.error}[/]"
-            progress.console.print(
-                f"  {result.unit_id}: {status} ({result.steps} steps, {result.wall_s:.1f}s)"
-            )
-            progress.advance(task)
+            bar.print(f"  {result.unit_id}: {status} ({result.steps} steps, {result.wall_s:.1f}s)")
+            bar.advance()
 
         if executor == "ray":
             run_ray(list(payloads()), on_result, address=address)
@@ -287,9 +274,6 @@ def run_units(
 
 
 def _payload(study: StudyConfig, unit: Unit, uid: str, acts: Any, model_dir: Path) -> UnitPayload:
-    from husai.model import load_model
-    from husai.tasks import make_dataset
-
     ds = make_dataset(study.task)
     model = load_model(model_dir, unit.checkpoint) if study.metrics.loss_recovered else None
     return UnitPayload(
@@ -308,34 +292,18 @@ def _payload(study: StudyConfig, unit: Unit, uid: str, acts: Any, model_dir: Pat
     )
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold blue]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
 def _activations_id(acts_dir: Path) -> str:
-    import json
-
     meta = json.loads((acts_dir / "meta.json").read_text())
     return f"{meta.get('model_sha256')}:{meta.get('hook')}:{meta.get('checkpoint', 'final')}:{meta.get('position', -1)}"
 
 
 def _acts_dim(acts_dir: Path) -> int:
-    import json
-
     return int(json.loads((acts_dir / "meta.json").read_text())["d"])
 
 
-def _resolve(path_str: str) -> Path | None:
-    path = Path(path_str)
-    for candidate in (path, REPO_ROOT / path):
-        if (candidate / "model.safetensors").is_file():
+def _model_run(path: str) -> Path | None:
+    """The model run at ``path`` (relative: here, else the one shipped with husai), or None."""
+    for candidate in (Path(path), shipped(path)):
+        if candidate is not None and (candidate / "model.safetensors").is_file():
             return candidate
     return None

@@ -34,6 +34,7 @@ from husai.errors import TrainingDivergedError, UserError
 from husai.io import atomic_write_json, sha256_file
 from husai.model.build import build_model, final_logits
 from husai.model.store import checkpoint_file, config_fingerprint, load_run_config, save_weights
+from husai.progress import progress_bar
 from husai.tasks import ModularDataset, make_dataset
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class _Trainer:
         """Train until ``train.steps`` or early stop; return the number of steps taken."""
         tc = self.cfg.train
         x_tr, y_tr = self.data.train
-        with _progress_bar(progress, tc.steps) as (bar, task_id):
+        with progress_bar("train-model", tc.steps, enabled=progress) as bar:
             for step in range(tc.steps + 1):
                 loss, acc = _loss_acc(_forward(self.model, x_tr, tc.fast_forward), y_tr)
                 _check_finite(loss, step, self.run_dir, self.model, self.cfg, self.state)
@@ -175,7 +176,7 @@ class _Trainer:
                     self.checkpoint(step)
                 if step % tc.log_every == 0 or step == tc.steps:
                     row = self.log(step, loss.item(), acc)
-                    bar.update(task_id, completed=step, train_acc=acc, test_acc=row["test_acc"])
+                    bar.update(step, f"train acc {acc:.3f}  test acc {row['test_acc']:.3f}")
                     if _should_stop(self.state, row, self.cfg):
                         self.checkpoint(step)
                         break
@@ -291,42 +292,3 @@ def _write_results(
     )
     atomic_write_json(run_dir / "metrics.json", metrics)
     log.info("model run %s: test acc %.4f after %d steps", run_dir, metrics["test_acc"], steps_done)
-
-
-class _NullBar:
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-class _progress_bar:
-    """A rich progress bar with live train/test accuracy, or a no-op."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total, self.prog = enabled, total, None
-
-    def __enter__(self) -> tuple[Any, Any]:
-        if not self.enabled:
-            return _NullBar(), None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.prog = Progress(
-            TextColumn("train-model"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "train acc {task.fields[train_acc]:.3f}  test acc {task.fields[test_acc]:.3f}"
-            ),
-            TimeElapsedColumn(),
-        )
-        self.prog.__enter__()
-        return self.prog, self.prog.add_task("train", total=self.total, train_acc=0.0, test_acc=0.0)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.prog is not None:
-            self.prog.__exit__(*exc)

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from husai.errors import TrainingDivergedError, UserError
 from husai.io import atomic_save_safetensors, atomic_write_json, sha256_tensors
+from husai.progress import progress_bar
 from husai.saes.base import BatchedSAE, init_models
 from husai.saes.config_base import SAEConfigBase, SAETrainConfig
 from husai.saes.optim import PerModelAdam, lr_at
@@ -192,15 +193,14 @@ class _GroupTrainer:
     def run(self, progress: bool) -> GroupResult:
         if 0 in self.snap_at and 0 not in self.snapshots:
             self.snapshots[0] = self.sae.W_dec.detach().clone()
-        bar = _progress(progress, self.cfg.steps, self.step)
-        while self.step < self.cfg.steps and any(c is None for c in self.converged):
-            self.train_step()
-            self.step += 1
-            self._after_step_bookkeeping()
-            if bar is not None:
-                bar[0].update(bar[1], completed=self.step)
-        if bar is not None:
-            bar[0].stop()
+        with progress_bar(
+            "training SAEs", self.cfg.steps, enabled=progress, completed=self.step, transient=True
+        ) as bar:
+            while self.step < self.cfg.steps and any(c is None for c in self.converged):
+                self.train_step()
+                self.step += 1
+                self._after_step_bookkeeping()
+                bar.update(self.step)
         if self.step not in self.snapshots and self.cfg.n_snapshots > 0:
             self.snapshots[self.step] = self.sae.W_dec.detach().clone()
         if self.ckpt_dir is not None and self.last_ckpt != self.step:
@@ -369,14 +369,3 @@ def fold_scale(sae: BatchedSAE, scale: float) -> None:
     sae.params["b_dec"].div_(scale)
     if sae.threshold is not None:
         sae.threshold.div_(scale)
-
-
-def _progress(enabled: bool, total: int, start: int):
-    if not enabled:
-        return None
-    from rich.progress import Progress
-
-    bar = Progress(transient=True)
-    task = bar.add_task("training SAEs", total=total, completed=start)
-    bar.start()
-    return bar, task

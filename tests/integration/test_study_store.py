@@ -235,3 +235,9 @@ def test_the_committed_studies_reuse_their_committed_models() -> None:
         )
         assert reuse is not None and reuse.resolve() == want, path
         check_hooks_and_checkpoints(study, path, reuse)
+
+
+@pytest.mark.usefixtures("no_work")
+def test_a_task_without_ground_truth_is_refused_before_training(tmp_path: Path) -> None:
+    study = write_study(tmp_path / "s.yaml", task={**TINY["task"], "op": "div"})
+    _refused(study, tmp_path / "o", f"{study}: task.op: 'div'", "supported: add, sub, mul")

@@ -46,6 +46,7 @@ from husai.experiments.unit import UnitPayload, UnitResult
 from husai.io import atomic_write_bytes, atomic_write_json
 from husai.model import load_model
 from husai.model.build import build_model
+from husai.model.fourier import task_group
 from husai.model.splice import check_hook
 from husai.model.store import config_fingerprint, list_checkpoints, load_run_config
 from husai.model.train import checkpoint_steps, train_model
@@ -163,8 +164,13 @@ def model_to_reuse(study: StudyConfig, study_path: str | Path) -> Path | None:
 def check_hooks_and_checkpoints(
     study: StudyConfig, study_path: str | Path, reuse: Path | None
 ) -> None:
-    """Every grid hook exists in the model and every checkpoint is one the model has (or,
-    for a model still to train, one its training will save); else one UserError line."""
+    """The task has a ground truth, every grid hook exists in the model and every checkpoint
+    is one the model has (or, for a model still to train, one its training will save); else
+    one UserError line."""
+    try:
+        task_group(study.task.op, study.task.modulus)
+    except UserError as err:
+        raise UserError(f"{study_path}: {err}") from None
     model = build_model(study.task, study.model)
     for hook in study.hooks:
         try:

@@ -16,7 +16,7 @@ from husai.metrics.data_baselines import (
     principal_rank,
     weighted_mean,
 )
-from husai.metrics.ground_truth import Planes
+from husai.model.fourier import FourierPlanes
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +174,7 @@ def test_weighted_mean_and_coverage_baselines_known_cases() -> None:
     ref = data_reference(acts)
     assert ref.rank == 2
     far = _orthonormal(4, d, 5)
-    planes = Planes(torch.stack([basis, far[:2]]), torch.tensor([1, 2]))
+    planes = FourierPlanes(torch.stack([basis, far[:2]]), torch.tensor([1, 2]))
     out = plane_coverage_baselines(planes, 8, [0.9, 0.1], ref, trials=4)
     assert out["plane_coverage_mean_baseline_subspace"] == pytest.approx(0.5, abs=0.02)
     assert out["plane_coverage_weighted_baseline_subspace"] == pytest.approx(0.9, abs=0.02)

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from husai.metrics import (
-    Planes,
     activation_frequency_purity,
     frequency_allocation,
     ground_truth_report,
@@ -22,15 +21,16 @@ from husai.metrics import (
     random_unit,
     truth_directions,
 )
+from husai.model.fourier import FourierPlanes
 
 
-def _planes(d: int = 32, freqs: tuple[int, ...] = (1, 1, 5, 7), seed: int = 0) -> Planes:
+def _planes(d: int = 32, freqs: tuple[int, ...] = (1, 1, 5, 7), seed: int = 0) -> FourierPlanes:
     q = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed)))[0].T
     basis = q[: 2 * len(freqs)].reshape(len(freqs), 2, d).contiguous()
-    return Planes(basis, torch.tensor(freqs), ["a", "b", "a", "a+b"][: len(freqs)])
+    return FourierPlanes(basis, torch.tensor(freqs), ["a", "b", "a", "a+b"][: len(freqs)])
 
 
-def _rotate(planes: Planes, angle: float) -> torch.Tensor:
+def _rotate(planes: FourierPlanes, angle: float) -> torch.Tensor:
     c, s = math.cos(angle), math.sin(angle)
     b0, b1 = planes.basis[:, 0], planes.basis[:, 1]
     return torch.stack([c * b0 + s * b1, -s * b0 + c * b1], 1).reshape(-1, planes.basis.shape[-1])
@@ -131,7 +131,9 @@ def test_report_has_baselines_and_summary_is_flat() -> None:
 
 def test_report_uses_key_planes_only() -> None:
     full = _planes()
-    planes = Planes(full.basis, full.freq, full.variable, torch.tensor([True, True, False, False]))
+    planes = FourierPlanes(
+        full.basis, full.freq, full.variable, is_key=torch.tensor([True, True, False, False])
+    )
     dec = truth_directions(full)[:4]  # exactly the two key planes
     report = ground_truth_report(dec, planes, trials=2)
     assert len(report["plane_coverage_per_plane"]) == 2

@@ -33,6 +33,7 @@ from typing import Any
 
 from rich.console import Console
 
+from husai import layout
 from husai.activations import extract_to_dirs, load_activations
 from husai.config import StudyConfig
 from husai.errors import DiskFullError, RunInterrupted, UserError
@@ -111,7 +112,7 @@ def _run(
     console.print("[bold]stage 1/5[/] model")
     model_dir = ensure_model(study, store, reuse)
     console.print("[bold]stage 2/5[/] activations")
-    with _disk_full_is_one_line(store.root / "activations"):
+    with _disk_full_is_one_line(store.root / layout.ACTIVATIONS):
         acts_dirs = ensure_activations(study, store, model_dir)
     d_in = {hook: _acts_dim(path) for (_, hook), path in acts_dirs.items()}
     cost = estimate_cost(units, d_in)
@@ -228,7 +229,7 @@ def ensure_activations(
         paths = extract_to_dirs(
             model_dir,
             study.hooks,
-            store.root / "activations" / checkpoint,
+            store.root / layout.ACTIVATIONS / checkpoint,
             checkpoint=checkpoint,
         )
         out.update(

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from husai import layout
 from husai.errors import DiskFullError, UserError
 from husai.experiments.unit import UnitResult
 from husai.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, sha256_file
@@ -47,13 +48,13 @@ class RunStore:
 
     @property
     def units_dir(self) -> Path:
-        return self.root / "units"
+        return self.root / layout.UNITS
 
     def unit_dir(self, unit_id: str) -> Path:
-        return self.units_dir / unit_id
+        return layout.unit_dir(self.root, unit_id)
 
     def activations_dir(self, checkpoint: str, hook_slug: str) -> Path:
-        return self.root / "activations" / checkpoint / hook_slug
+        return layout.activations_dir(self.root, checkpoint, hook_slug)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -115,7 +116,7 @@ class RunStore:
         try:
             stage.mkdir(parents=True)
             for sae in result.saes:
-                _write_sae_dir(stage / "saes" / sae["sae_id"], sae)
+                _write_sae_dir(layout.sae_dir_in(stage, sae["sae_id"]), sae)
             if result.snapshots:
                 atomic_save_safetensors(stage / "snapshots.safetensors", result.snapshots)
             atomic_write_json(stage / "unit.json", _record(result, content, _manifest(stage)))

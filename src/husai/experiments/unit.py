@@ -32,7 +32,6 @@ from husai.metrics.data_baselines import (
     plane_coverage_baselines,
     weighted_mean,
 )
-from husai.metrics.ground_truth import key_planes
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +230,7 @@ class _CoverageWeights:
         keep = torch.as_tensor(is_key).bool() if is_key is not None else None
         weights = torch.as_tensor(r2)[keep] if keep is not None and bool(keep.any()) else r2
         base = plane_coverage_baselines(
-            key_planes(planes), payload.unit.d_sae, weights, data, payload.metrics.baseline_trials
+            planes.key_only(), payload.unit.d_sae, weights, data, payload.metrics.baseline_trials
         )
         return cls(torch.as_tensor(weights), base)
 

@@ -10,14 +10,11 @@ matching (``match``, ``linear_assignment``, ``cosine_matrix``), stability (``pw_
 
 from husai.metrics.baselines import MetricValue, metric_value, random_unit, random_unit_baseline
 from husai.metrics.ground_truth import (
-    Planes,
-    PlanesLike,
     activation_frequency_purity,
     frequency_allocation,
     ground_truth_report,
     ground_truth_summary,
     gt_mcc,
-    key_planes,
     latent_purity,
     load_planes,
     plane_coverage,
@@ -36,14 +33,11 @@ from husai.metrics.stability import per_latent_stability, stability_pair, stabil
 from husai.metrics.subspace import principal_cosines, span_overlap, subspace_overlap
 
 __all__ = [
-    "Planes",
-    "PlanesLike",
     "activation_frequency_purity",
     "frequency_allocation",
     "ground_truth_report",
     "ground_truth_summary",
     "gt_mcc",
-    "key_planes",
     "latent_purity",
     "load_planes",
     "plane_coverage",

@@ -28,7 +28,6 @@ from husai.metrics.baselines import MetricValue
 from husai.metrics.ground_truth import (
     frequency_allocation,
     ground_truth_report,
-    key_planes,
     load_planes,
     report_to_json,
 )
@@ -72,7 +71,7 @@ def analyze_dirs(
         result["ground_truth"] = {
             "activations": str(ground_truth),
             "per_sae": {k: report_to_json(r) for k, r in reports.items()},
-            "allocation": frequency_allocation(decs, key_planes(planes)),
+            "allocation": frequency_allocation(decs, planes.key_only()),
         }
         for path, rep in reports.items():
             mvs = {k: v for k, v in rep.items() if isinstance(v, MetricValue)}

@@ -32,9 +32,8 @@ or, for activation purity, the same codes shuffled across inputs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,52 +47,25 @@ from husai.metrics.inputs import as_decoder
 from husai.metrics.matching import unit_rows
 from husai.metrics.similarity import pw_mcc
 from husai.metrics.subspace import row_basis
-from husai.model.fourier import MUL_VARIABLES, task_group
+from husai.model.fourier import MUL_VARIABLES, FourierPlanes, task_group
 
 
-class PlanesLike(Protocol):
-    """What the ground-truth metrics need of ``husai.model.fourier.FourierPlanes``."""
-
-    basis: Tensor
-    freq: Tensor
-
-
-@dataclass(frozen=True)
-class Planes:
-    """A minimal FourierPlanes: ``basis [P, 2, d]``, ``freq [P]``, ``variable`` per plane."""
-
-    basis: Tensor
-    freq: Tensor
-    variable: list[str] = field(default_factory=list)
-    is_key: Tensor | None = None
-
-
-def key_planes(planes: PlanesLike) -> Planes:
-    """Only the key-frequency planes (``is_key``), when the planes say which those are."""
-    basis, freq = torch.as_tensor(planes.basis), torch.as_tensor(planes.freq)
-    variable = list(getattr(planes, "variable", []) or [])
-    is_key = getattr(planes, "is_key", None)
-    if is_key is None or not bool(torch.as_tensor(is_key).any()):
-        return Planes(basis, freq, variable)
-    keep = torch.as_tensor(is_key).bool()
-    kept_vars = [v for v, k in zip(variable, keep.tolist(), strict=False) if k]
-    return Planes(basis[keep], freq[keep], kept_vars, keep[keep])
-
-
-def load_planes(acts_dir: str | Path) -> Planes:
+def load_planes(acts_dir: str | Path) -> FourierPlanes:
     """Read ``planes.safetensors`` (+ ``meta.json`` plane variables) from an activation dir."""
     path = Path(acts_dir) / "planes.safetensors"
     if not path.is_file():
         raise UserError(f"{path}: no Fourier planes (expected an activation directory)")
     t = load_safetensors(path)
+    if not {"basis", "freq"} <= set(t) or t["basis"].ndim != 3 or t["basis"].shape[1] != 2:
+        raise UserError(f"{path}: not a planes file (needs basis [P, 2, d] and freq [P])")
     meta_path = Path(acts_dir) / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    is_key = t["is_key"].bool() if "is_key" in t else None
-    variables = list(meta.get("plane_variables", []))
-    return Planes(t["basis"].float(), t["freq"].long(), variables, is_key)
+    variables = list(meta.get("plane_variables") or [])
+    n = t["basis"].shape[0]
+    return FourierPlanes.from_tensors(t, variables if len(variables) == n else [])
 
 
-def truth_directions(planes: PlanesLike) -> Float[Tensor, "two_P d"]:
+def truth_directions(planes: FourierPlanes) -> Float[Tensor, "two_P d"]:
     """The planes' basis vectors as a direction set [2P, d] (for direction GT-MCC)."""
     return torch.as_tensor(planes.basis).reshape(-1, planes.basis.shape[-1]).float()
 
@@ -103,14 +75,14 @@ def gt_mcc(dec: Any, truth: Any) -> float:
     return pw_mcc(as_decoder(truth), as_decoder(dec))
 
 
-def plane_shares(dec: Any, planes: PlanesLike) -> Float[Tensor, "n P"]:
+def plane_shares(dec: Any, planes: FourierPlanes) -> Float[Tensor, "n P"]:
     """Share of each latent's decoder norm^2 inside each plane (0 for zero rows)."""
     u_ND = unit_rows(as_decoder(dec)).double()
     proj_NPT = torch.einsum("nd,ptd->npt", u_ND, torch.as_tensor(planes.basis).double())
     return proj_NPT.pow(2).sum(-1).clamp(0.0, 1.0)
 
 
-def frequency_bases(planes: PlanesLike) -> tuple[list[int], list[Tensor]]:
+def frequency_bases(planes: FourierPlanes) -> tuple[list[int], list[Tensor]]:
     """For each distinct frequency, an orthonormal basis of the span of its planes."""
     freq = torch.as_tensor(planes.freq).long()
     freqs = sorted({int(f) for f in freq.tolist()})
@@ -119,7 +91,7 @@ def frequency_bases(planes: PlanesLike) -> tuple[list[int], list[Tensor]]:
     return freqs, bases
 
 
-def latent_purity(dec: Any, planes: PlanesLike) -> dict[str, np.ndarray]:
+def latent_purity(dec: Any, planes: FourierPlanes) -> dict[str, np.ndarray]:
     """Per latent: plane purity and plane index, frequency purity and frequency (-1 if none)."""
     dec_ND = as_decoder(dec)
     shares_NP = plane_shares(dec_ND, planes)
@@ -148,7 +120,7 @@ def _or_minus(idx: Tensor | None, alive_N: np.ndarray) -> np.ndarray:
     return np.where(alive_N, idx.numpy(), -1)
 
 
-def plane_coverage(dec: Any, planes: PlanesLike, min_purity: float = 0.5) -> np.ndarray:
+def plane_coverage(dec: Any, planes: FourierPlanes, min_purity: float = 0.5) -> np.ndarray:
     """[P] fraction of each plane spanned by the latents assigned to it (module docstring)."""
     dec_ND = as_decoder(dec)
     pur = latent_purity(dec_ND, planes)
@@ -163,7 +135,7 @@ def plane_coverage(dec: Any, planes: PlanesLike, min_purity: float = 0.5) -> np.
 
 
 def frequency_allocation(
-    decs: list[Any], planes: PlanesLike, min_purity: float = 0.5
+    decs: list[Any], planes: FourierPlanes, min_purity: float = 0.5
 ) -> dict[str, Any]:
     """Latents allocated to each frequency by each seed, and the spread across seeds."""
     freqs, _ = frequency_bases(planes)
@@ -234,7 +206,7 @@ def _bin_labels(p: int) -> np.ndarray:
 
 def ground_truth_report(
     dec: Any,
-    planes: PlanesLike,
+    planes: FourierPlanes,
     codes: Tensor | None = None,
     modulus: int | None = None,
     *,
@@ -251,7 +223,7 @@ def ground_truth_report(
     arrays are plain lists. ``truth`` defaults to the planes' basis vectors. With
     ``key_only`` (default) only key-frequency planes count, when the planes mark them.
     """
-    planes = key_planes(planes) if key_only else planes
+    planes = planes.key_only() if key_only else planes
     dec_ND = as_decoder(dec)
     truth_TD = truth_directions(planes) if truth is None else as_decoder(truth)
     n, d = dec_ND.shape
@@ -288,7 +260,7 @@ def ground_truth_report(
 
 
 def _gt_scalars(
-    dec_ND: Tensor, planes: PlanesLike, truth_TD: Tensor, min_purity: float
+    dec_ND: Tensor, planes: FourierPlanes, truth_TD: Tensor, min_purity: float
 ) -> dict[str, float]:
     pur = latent_purity(dec_ND, planes)
     return {
@@ -331,7 +303,7 @@ def _activation_purity(
 
 def ground_truth_summary(
     dec: Any,
-    planes: PlanesLike,
+    planes: FourierPlanes,
     codes: Tensor | None = None,
     modulus: int | None = None,
     **kwargs: Any,

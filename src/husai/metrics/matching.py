@@ -68,9 +68,11 @@ class Matching:
         return out
 
 
-def unit_rows(x_ND: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
-    """Rows scaled to unit norm; zero rows stay zero (so their cosines are 0, never NaN)."""
-    x_ND = torch.as_tensor(x_ND).detach().to(torch.float32)
+def unit_rows(
+    x_ND: Float[Tensor, "n d"], dtype: torch.dtype = torch.float32
+) -> Float[Tensor, "n d"]:
+    """Rows scaled to unit norm, in ``dtype``; zero rows stay zero (cosines 0, never NaN)."""
+    x_ND = torch.as_tensor(x_ND).detach().to(dtype)
     norm_N1 = x_ND.norm(dim=1, keepdim=True)
     return x_ND / torch.where(norm_N1 > 0, norm_N1, torch.ones_like(norm_N1))
 

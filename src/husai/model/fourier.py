@@ -39,7 +39,7 @@ without TransformerLens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -237,13 +237,45 @@ def design_matrix(
 
 @dataclass(frozen=True)
 class FourierPlanes:
-    """One 2-D plane per (frequency, variable): its orthonormal basis and variance share."""
+    """One 2-D plane per (frequency, variable): its orthonormal basis and variance share.
+
+    The one plane type of HUSAI: fitted here, saved in ``planes.safetensors``, read back by
+    the metrics and the report. Built by hand (tests, planted dictionaries) it may omit
+    ``variable`` (then ``""`` each), ``r2`` (then unknown: ``None``) and ``is_key`` (then
+    every plane is key).
+    """
 
     basis: Float[Tensor, "P 2 d"]
     freq: Int[Tensor, " P"]
-    variable: list[str]
-    r2: Float[Tensor, " P"]
-    is_key: Bool[Tensor, " P"]
+    variable: list[str] = field(default_factory=list)
+    r2: Float[Tensor, " P"] | None = None
+    is_key: Bool[Tensor, " P"] | None = None
+
+    def __post_init__(self) -> None:
+        n = self.basis.shape[0]
+        if not self.variable:
+            object.__setattr__(self, "variable", [""] * n)
+        if self.is_key is None:
+            object.__setattr__(self, "is_key", torch.ones(n, dtype=torch.bool))
+
+    def key_only(self) -> FourierPlanes:
+        """The key-frequency planes alone (all planes when none is marked key)."""
+        keep = torch.as_tensor(self.is_key).bool()
+        if not bool(keep.any()):
+            return self
+        return FourierPlanes(
+            self.basis[keep],
+            self.freq[keep],
+            [v for v, k in zip(self.variable, keep.tolist(), strict=True) if k],
+            None if self.r2 is None else self.r2[keep],
+            keep[keep],
+        )
+
+    def known_r2(self) -> Float[Tensor, " P"]:
+        """``r2``, which planes built by hand may lack (then a ValueError)."""
+        if self.r2 is None:
+            raise ValueError("these planes carry no variance shares (r2)")
+        return self.r2
 
     @property
     def key_freqs(self) -> list[int]:
@@ -251,7 +283,7 @@ class FourierPlanes:
 
     @property
     def key_r2_total(self) -> float:
-        return float(self.r2[self.is_key].sum())
+        return float(self.known_r2()[self.is_key].sum())
 
     def r2_by_variable(self, key_only: bool = True) -> dict[str, float]:
         mask = self.is_key if key_only else torch.ones_like(self.is_key)
@@ -259,7 +291,7 @@ class FourierPlanes:
             v: float(
                 sum(
                     r
-                    for r, vv, m in zip(self.r2, self.variable, mask, strict=True)
+                    for r, vv, m in zip(self.known_r2(), self.variable, mask, strict=True)
                     if vv == v and m
                 )
             )
@@ -275,23 +307,26 @@ class FourierPlanes:
         idx = torch.nonzero(self.is_key & (self.freq == freq)).flatten()
         if idx.numel() == 0:
             raise ValueError(f"frequency {freq} is not a key frequency (key: {self.key_freqs})")
-        r2 = self.r2[idx]
-        idx = idx[r2 >= min_share * r2.sum()]
+        if self.r2 is not None:
+            r2 = self.r2[idx]
+            idx = idx[r2 >= min_share * r2.sum()]
         rows = self.basis[idx].reshape(-1, self.basis.shape[-1]).double()
         _, s, vh = torch.linalg.svd(rows, full_matrices=False)
         return vh[s > 1e-6 * s[0]].float()
 
     def to_tensors(self) -> dict[str, Tensor]:
-        return {"basis": self.basis, "freq": self.freq, "r2": self.r2, "is_key": self.is_key}
+        out = {"basis": self.basis, "freq": self.freq, "is_key": self.is_key}
+        return out if self.r2 is None else {**out, "r2": self.r2}
 
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor], variable: list[str]) -> FourierPlanes:
+        """Planes as saved by :meth:`to_tensors` (``r2`` and ``is_key`` may be absent)."""
         return cls(
             t["basis"].float(),
             t["freq"].long(),
             list(variable),
-            t["r2"].float(),
-            t["is_key"].bool(),
+            t["r2"].float() if "r2" in t else None,
+            t["is_key"].bool() if "is_key" in t else None,
         )
 
 

@@ -32,7 +32,7 @@ from husai.report.sections_gt import geometry_section, ground_truth_section
 from husai.report.sections_misc import failures_section
 from husai.report.sections_model import activations_section, model_section, not_grokked
 from husai.report.sections_stability import dynamics_section, stability_section, verdict_section
-from husai.report.store import MARKERS, RunStore, is_run_store
+from husai.report.store import MARKERS, RunView, is_run_store
 from husai.report.verdict import DEAD_MAX
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def build_report(
             f"{run_dir}: not a run store (expected one of {', '.join(MARKERS)}, "
             "as written by `husai run` or `husai sweep`)"
         )
-    store = RunStore.open(run_dir)
+    store = RunView.open(run_dir)
     st, ev = float(stability_threshold), float(ev_threshold)
     sections = build_sections(store, st, ev)
     _unique_figure_names(sections)
@@ -75,7 +75,7 @@ def build_report(
     return html_path
 
 
-def build_sections(store: RunStore, st: float, ev: float) -> list[Section]:
+def build_sections(store: RunView, st: float, ev: float) -> list[Section]:
     builders: list[tuple[str, str, Callable[[], Section]]] = [
         ("1. The model", "model", lambda: model_section(store)),
         ("2. The activations", "activations", lambda: activations_section(store)),
@@ -99,7 +99,7 @@ def _safe(title: str, anchor: str, fn: Callable[[], Section]) -> Section:
         return Section(title, anchor).add(Note(msg))
 
 
-def guidelines_section(store: RunStore, st: float, ev: float) -> Section:
+def guidelines_section(store: RunView, st: float, ev: float) -> Section:
     sec = Section("8. Guidelines", "guidelines")
     ranks: dict[str, float] = {}
     for a in store.acts:
@@ -112,13 +112,13 @@ def guidelines_section(store: RunStore, st: float, ev: float) -> Section:
     return sec.add(*guidelines.guidelines(store.summary, store.results, ranks, st, ev))
 
 
-def _study_name(store: RunStore) -> str:
+def _study_name(store: RunView) -> str:
     prov = store.provenance or {}
     study = prov.get("study") if isinstance(prov.get("study"), dict) else {}
     return str(study.get("name") or store.root.resolve().name)
 
 
-def _intro(store: RunStore, st: float, ev: float) -> list[Block]:
+def _intro(store: RunView, st: float, ev: float) -> list[Block]:
     blocks: list[Block] = [
         Para(
             f"Run store: {store.root}. Every number below is read from the run's tables "

@@ -122,17 +122,18 @@ def plane_r2(panels: list[tuple[str, Any]]) -> bytes:
     """Per hook, variance share per frequency, stacked by plane variable; key freqs in red."""
     fig, ax = _figure(10, 2.9 * len(panels), len(panels), 1, hspace=0.7)
     for a, (hook, planes) in zip(ax[:, 0], panels, strict=True):
-        freqs = sorted({int(f) for f in planes.freq_P})
-        variables = list(dict.fromkeys(planes.variables))
+        freq_P, r2_P = planes.freq.tolist(), planes.known_r2().tolist()
+        freqs = sorted(set(freq_P))
+        variables = list(dict.fromkeys(planes.variable))
         bottom = np.zeros(len(freqs))
         for var, color in zip(variables, _colors(len(variables)), strict=True):
             h = np.zeros(len(freqs))
-            for f, v, r in zip(planes.freq_P, planes.variables, planes.r2_P, strict=True):
+            for f, v, r in zip(freq_P, planes.variable, r2_P, strict=True):
                 if v == var:
                     h[freqs.index(int(f))] += r
             a.bar(freqs, h, bottom=bottom, color=color, label=var or "plane")
             bottom += h
-        key = {int(f) for f, k in zip(planes.freq_P, planes.is_key_P, strict=True) if k}
+        key = set(planes.key_freqs)
         step = max(1, len(freqs) // 40)
         a.set_xticks(freqs[::step], [str(f) for f in freqs[::step]], fontsize=7)
         for lab in a.get_xticklabels():

@@ -17,13 +17,16 @@ latent's direction:
 from __future__ import annotations
 
 import numpy as np
+import torch
 from jaxtyping import Float
 
-from husai.report.store import Planes
+from husai.metrics.matching import unit_rows as unit_rows_t
+from husai.model.fourier import FourierPlanes
 
 
 def unit_rows(dec_SD: Float[np.ndarray, "S d"]) -> Float[np.ndarray, "S d"]:
-    return dec_SD / np.maximum(np.linalg.norm(dec_SD, axis=1, keepdims=True), 1e-12)
+    """``husai.metrics.matching.unit_rows`` in float64, on and to numpy."""
+    return unit_rows_t(torch.from_numpy(np.asarray(dec_SD)), torch.float64).numpy()
 
 
 def plane_coords(
@@ -33,26 +36,22 @@ def plane_coords(
     return np.einsum("sd,pkd->spk", unit_rows(dec_SD), basis_P2D)
 
 
-def _key_decomposition(planes: Planes) -> tuple:
+def _key_decomposition(planes: FourierPlanes) -> tuple:
     """Stacked key-plane rows B [R, d], their frequencies [R], joint basis Q, pinv(B^T) [R, d]."""
-    if planes.spans is not None:
-        return planes.spans
-    key = planes.is_key_P.astype(bool)
-    b_RD = planes.basis_P2D[key].reshape(-1, planes.basis_P2D.shape[-1]).astype(np.float64)
-    freq_R = np.repeat(planes.freq_P[key], 2)
+    key = planes.is_key.numpy()
+    basis_P2D = planes.basis.double().numpy()
+    b_RD = basis_P2D[key].reshape(-1, basis_P2D.shape[-1])
+    freq_R = np.repeat(planes.freq.numpy()[key], 2)
     freqs = sorted({int(f) for f in freq_R})
     if not len(b_RD):
-        out = (freqs, b_RD, freq_R, b_RD, b_RD)
-    else:
-        _, s_R, vh_RD = np.linalg.svd(b_RD, full_matrices=False)
-        q_KD = vh_RD[s_R > 1e-6 * s_R.max()]
-        out = (freqs, b_RD, freq_R, q_KD, np.linalg.pinv(b_RD.T))
-    planes.spans = out
-    return out
+        return (freqs, b_RD, freq_R, b_RD, b_RD)
+    _, s_R, vh_RD = np.linalg.svd(b_RD, full_matrices=False)
+    q_KD = vh_RD[s_R > 1e-6 * s_R.max()]
+    return (freqs, b_RD, freq_R, q_KD, np.linalg.pinv(b_RD.T))
 
 
 def frequency_shares(
-    dec_SD: Float[np.ndarray, "S d"], planes: Planes
+    dec_SD: Float[np.ndarray, "S d"], planes: FourierPlanes
 ) -> tuple[list[int], Float[np.ndarray, "S F1"]]:
     """Share of each latent's squared norm per key frequency; the last column is the rest.
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from husai.model.fourier import FourierPlanes
 from husai.report import figures, geometry, verdict
 from husai.report.render import Block, Figure, Note, Para, Section, Table, fmt, fmt_param
-from husai.report.store import Planes, RunStore
+from husai.report.store import RunView
 
 IN_PLANE = 0.5
 KEYS = ["arch", "d_sae", "hook", "checkpoint", "sparsity"]
@@ -32,7 +33,7 @@ GT_COLS = [
 """(value, unit-sphere baseline, principal-subspace baseline) columns of results.parquet."""
 
 
-def ok_results(store: RunStore) -> Any:
+def ok_results(store: RunView) -> Any:
     r = store.results
     if r is None or r.empty:
         return None
@@ -42,7 +43,7 @@ def ok_results(store: RunStore) -> Any:
     return r if {"arch", "d_sae", "hook", "sparsity"} <= set(r.columns) else None
 
 
-def ground_truth_section(store: RunStore) -> Section:
+def ground_truth_section(store: RunView) -> Section:
     sec = Section("5. Ground truth", "ground-truth")
     res = ok_results(store)
     if res is None:
@@ -121,7 +122,7 @@ def _gt_table(res: Any, cols: list[str]) -> Section:
     return sub
 
 
-def chosen_configs(store: RunStore) -> list[tuple[str, Any]]:
+def chosen_configs(store: RunView) -> list[tuple[str, Any]]:
     """Per (hook, checkpoint): the most and the least stable config (primary summary rows)."""
     df, _ = verdict.primary_table(store.summary)
     if df is None:
@@ -135,7 +136,7 @@ def chosen_configs(store: RunStore) -> list[tuple[str, Any]]:
     return out
 
 
-def seed_decoders(store: RunStore, res: Any, cfg: Any, d_in: int) -> list[tuple[str, Any]]:
+def seed_decoders(store: RunView, res: Any, cfg: Any, d_in: int) -> list[tuple[str, Any]]:
     """(seed label, W_dec [S, d]) for each seed of ``cfg`` whose weights can be read."""
     sel = res[
         np.logical_and.reduce(
@@ -156,22 +157,23 @@ def seed_decoders(store: RunStore, res: Any, cfg: Any, d_in: int) -> list[tuple[
     return out
 
 
-def _key_planes(planes: Planes, per_freq: int) -> list[int]:
+def _strongest_key_planes(planes: FourierPlanes, per_freq: int) -> list[int]:
     """Indices of the ``per_freq`` key planes with the largest variance share per key frequency."""
-    r2 = planes.r2_P if planes.r2_P is not None else np.zeros(len(planes.freq_P))
+    freq_P, key_P = planes.freq.tolist(), planes.is_key.tolist()
+    r2 = planes.r2.tolist() if planes.r2 is not None else [0.0] * len(freq_P)
     out = []
-    for f in sorted({int(x) for x in planes.freq_P[planes.is_key_P.astype(bool)]}):
-        idx = [i for i in range(len(r2)) if planes.is_key_P[i] and int(planes.freq_P[i]) == f]
+    for f in planes.key_freqs:
+        idx = [i for i in range(len(r2)) if key_P[i] and freq_P[i] == f]
         out += sorted(idx, key=lambda i: -r2[i])[:per_freq]
     return out
 
 
-def _plane_label(planes: Planes, i: int) -> str:
-    v = planes.variables[i] if i < len(planes.variables) else ""
-    return f"k={int(planes.freq_P[i])}" + (f" ({v})" if v else "")
+def _plane_label(planes: FourierPlanes, i: int) -> str:
+    v = planes.variable[i] if i < len(planes.variable) else ""
+    return f"k={int(planes.freq[i])}" + (f" ({v})" if v else "")
 
 
-def _angle_panels(store: RunStore, res: Any) -> Section:
+def _angle_panels(store: RunView, res: Any) -> Section:
     sub = Section("How each seed's latents tile the key planes", "gt-angles")
     configs = chosen_configs(store)
     if not configs:
@@ -188,19 +190,19 @@ def _angle_panels(store: RunStore, res: Any) -> Section:
     return sub
 
 
-def _config_angles(store: RunStore, res: Any, kind: str, cfg: Any) -> list[Block]:
+def _config_angles(store: RunView, res: Any, kind: str, cfg: Any) -> list[Block]:
     planes = store.planes(cfg["hook"], str(cfg["checkpoint"]))
     title = f"{kind}: {cfg['label']} (alive PW-MCC {fmt(cfg['mean'])})"
     if planes is None:
         return [Note(f"{title}: no planes.safetensors for this hook.")]
-    decs = seed_decoders(store, res, cfg, planes.basis_P2D.shape[-1])
+    decs = seed_decoders(store, res, cfg, planes.basis.shape[-1])
     if not decs:
         return [Note(f"{title}: no readable SAE weights for its seeds.")]
     panels, rows = [], []
-    for i in _key_planes(planes, per_freq=1):
+    for i in _strongest_key_planes(planes, per_freq=1):
         seeds = []
         for seed, dec in decs:
-            xy_S2 = geometry.plane_coords(dec, planes.basis_P2D[i : i + 1])[:, 0]
+            xy_S2 = geometry.plane_coords(dec, planes.basis[i : i + 1].double().numpy())[:, 0]
             norm_S = np.linalg.norm(xy_S2, axis=1)
             keep = norm_S >= IN_PLANE
             seeds.append((seed, np.arctan2(xy_S2[keep, 1], xy_S2[keep, 0]), norm_S[keep]))
@@ -239,7 +241,7 @@ def _pair_gaps(angle_sets: list[np.ndarray]) -> tuple[float, float]:
     return float(np.degrees(raw)), float(np.degrees(rot))
 
 
-def geometry_section(store: RunStore) -> Section:
+def geometry_section(store: RunView) -> Section:
     sec = Section("7. Geometry", "geometry")
     res = ok_results(store)
     if res is None:
@@ -255,16 +257,16 @@ def geometry_section(store: RunStore) -> Section:
     return sec
 
 
-def _config_geometry(store: RunStore, res: Any, cfg: Any) -> list[Block]:
+def _config_geometry(store: RunView, res: Any, cfg: Any) -> list[Block]:
     planes = store.planes(cfg["hook"], str(cfg["checkpoint"]))
     if planes is None:
         return [Note(f"{cfg['label']}: no planes.safetensors for this hook.")]
-    decs = seed_decoders(store, res, cfg, planes.basis_P2D.shape[-1])
+    decs = seed_decoders(store, res, cfg, planes.basis.shape[-1])
     if not decs:
         return [Note(f"{cfg['label']}: no readable SAE weights.")]
     seed, dec = decs[0]
-    idx = _key_planes(planes, per_freq=2)[:16]
-    coords = geometry.plane_coords(dec, planes.basis_P2D[idx])
+    idx = _strongest_key_planes(planes, per_freq=2)[:16]
+    coords = geometry.plane_coords(dec, planes.basis[idx].double().numpy())
     panels = [(_plane_label(planes, i), coords[:, n]) for n, i in enumerate(idx)]
     title = f"{cfg['label']}, {seed}"
     freqs, share = geometry.frequency_shares(dec, planes)
@@ -288,7 +290,7 @@ def _config_geometry(store: RunStore, res: Any, cfg: Any) -> list[Block]:
     ]
 
 
-def _purity_table(store: RunStore, res: Any) -> Section:
+def _purity_table(store: RunView, res: Any) -> Section:
     sub = Section(
         "Cluster structure of latents by frequency, all configurations", "geometry-purity"
     )
@@ -297,9 +299,7 @@ def _purity_table(store: RunStore, res: Any) -> Section:
     for key, g in res.groupby(keys, sort=True):
         cfg = dict(zip(keys, key, strict=True))
         planes = store.planes(cfg["hook"], str(cfg["checkpoint"]))
-        decs = (
-            seed_decoders(store, res, cfg, planes.basis_P2D.shape[-1]) if planes is not None else []
-        )
+        decs = seed_decoders(store, res, cfg, planes.basis.shape[-1]) if planes is not None else []
         missing += len(g) - len(decs)
         if not decs:
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from husai.report.render import Code, Note, Para, Section, Table, fmt_param
-from husai.report.store import RunStore
+from husai.report.store import RunView
 
 MAX_CELL = 300
 
@@ -20,13 +20,13 @@ def _short(v: Any) -> str:
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 3] + "..."
 
 
-def failures_section(store: RunStore) -> Section:
+def failures_section(store: RunView) -> Section:
     sec = Section("9. Failures and provenance", "failures")
     sec.subsections += [_failures(store), _convergence(store), _provenance(store)]
     return sec
 
 
-def _convergence(store: RunStore) -> Section:
+def _convergence(store: RunView) -> Section:
     """How many SAEs met the trainer's loss-plateau criterion, per group of configurations."""
     sub = Section("Training convergence", "convergence")
     r = store.results
@@ -70,7 +70,7 @@ def _convergence(store: RunStore) -> Section:
     return sub
 
 
-def _failures(store: RunStore) -> Section:
+def _failures(store: RunView) -> Section:
     sub = Section("Failures", "failures-list")
     f = store.failures
     if f is None:
@@ -123,7 +123,7 @@ def _failures(store: RunStore) -> Section:
     )
 
 
-def _provenance(store: RunStore) -> Section:
+def _provenance(store: RunView) -> Section:
     sub = Section("Provenance", "provenance")
     p = store.provenance
     if p is None:

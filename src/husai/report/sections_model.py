@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from husai.report import figures
 from husai.report.render import Figure, Note, Para, Section, Table, fmt
-from husai.report.store import RunStore
+from husai.report.store import RunView
 
 
-def model_section(store: RunStore) -> Section:
+def model_section(store: RunView) -> Section:
     sec = Section("1. The model", "model")
     m = store.model_metrics
     if m:
@@ -49,7 +49,7 @@ def not_grokked(m: dict | None) -> str | None:
     )
 
 
-def _curves(store: RunStore) -> Section:
+def _curves(store: RunView) -> Section:
     sub = Section("Grokking curves", "model-curves")
     c = store.curves
     if not c or "step" not in c:
@@ -62,7 +62,7 @@ def _curves(store: RunStore) -> Section:
     return sub.add(Figure("model_curves", figures.grokking_curves(c), cap))
 
 
-def _fourier(store: RunStore) -> Section:
+def _fourier(store: RunView) -> Section:
     sub = Section("Key frequencies and the Fourier spectrum of W_E", "model-fourier")
     f = store.fourier
     if not f:
@@ -91,7 +91,7 @@ def _fourier(store: RunStore) -> Section:
     return sub
 
 
-def _progress(store: RunStore) -> Section:
+def _progress(store: RunView) -> Section:
     sub = Section("Restricted and excluded loss across checkpoints", "model-progress")
     prog = (store.fourier or {}).get("progress")
     if not prog or not prog.get("step"):
@@ -106,7 +106,7 @@ def _progress(store: RunStore) -> Section:
     return sub
 
 
-def activations_section(store: RunStore) -> Section:
+def activations_section(store: RunView) -> Section:
     sec = Section("2. The activations", "activations")
     if not store.acts:
         return sec.add(Note(store.missing.get("activations", "no activation dirs in this run")))
@@ -126,7 +126,7 @@ def activations_section(store: RunStore) -> Section:
             ]
         )
         planes = store.planes(a.hook, a.checkpoint)
-        if planes is not None and planes.r2_P is not None:
+        if planes is not None and planes.r2 is not None:
             panels.append((f"{a.hook} [{a.checkpoint}]", planes))
     cols = [
         "hook",

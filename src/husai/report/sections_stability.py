@@ -17,10 +17,10 @@ import numpy as np
 
 from husai.report import figures, verdict
 from husai.report.render import Figure, Note, Para, Section, Table, fmt, fmt_param
-from husai.report.store import RunStore
+from husai.report.store import RunView
 
 
-def stability_section(store: RunStore, st: float, ev: float) -> Section:
+def stability_section(store: RunView, st: float, ev: float) -> Section:
     sec = Section("3. Stability", "stability")
     s = store.summary
     if s is None or s.empty:
@@ -39,7 +39,7 @@ def stability_section(store: RunStore, st: float, ev: float) -> Section:
     return sec
 
 
-def _per_arch(store: RunStore, s: Any) -> Section:
+def _per_arch(store: RunView, s: Any) -> Section:
     sub = Section("Per architecture: stability against sparsity and width", "stability-arch")
     present = [m for m in figures.STABILITY_METRICS if (s.metric == m).any()]
     absent = [m for m in figures.STABILITY_METRICS if m not in present]
@@ -132,7 +132,7 @@ def _pareto(s: Any, st: float, ev: float) -> Section:
     return sub.add(Figure("pareto", figures.pareto(df, ids, st, ev), cap))
 
 
-def verdict_section(store: RunStore, st: float, ev: float) -> tuple[Section, Any]:
+def verdict_section(store: RunView, st: float, ev: float) -> tuple[Section, Any]:
     sec = Section("4. The verdict", "verdict")
     v = verdict.verdict(store.summary, st, ev)
     if v is None:
@@ -141,7 +141,7 @@ def verdict_section(store: RunStore, st: float, ev: float) -> tuple[Section, Any
     return sec.add(*v.blocks), v
 
 
-def dynamics_section(store: RunStore) -> Section:
+def dynamics_section(store: RunView) -> Section:
     sec = Section("6. Dynamics", "dynamics")
     d = store.dynamics
     if d is None or d.empty:

@@ -1,11 +1,11 @@
 """Read a study run store (README, "The run store") for the report, tolerating anything missing.
 
-Every loader returns ``None`` when its file is absent or unreadable and records why in
-``RunStore.missing`` (file name -> one-line reason), so each report section can say
-what it could not show instead of crashing. Nothing is filled in or guessed: a
-missing table stays missing. Safetensors are read directly with
-``safetensors.torch.load_file`` so the report does not depend on other packages'
-loaders.
+:class:`RunView` is the report's read-only view of a store that
+:class:`husai.experiments.store.RunStore` wrote; both take their paths from
+:mod:`husai.layout`. Every loader returns ``None`` when its file is absent or
+unreadable and records why in ``RunView.missing`` (file name -> one-line reason), so each
+report section can say what it could not show instead of crashing. Nothing is filled in
+or guessed: a missing table stays missing.
 """
 
 from __future__ import annotations
@@ -17,9 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from jaxtyping import Bool, Float, Int
-from torch import Tensor
+from jaxtyping import Float
+
+from husai import layout
+from husai.errors import UserError
+from husai.io import load_safetensors
+from husai.metrics.ground_truth import load_planes
+from husai.model.fourier import FourierPlanes
+from husai.saes.io import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 MARKERS = ("study.yaml", "provenance.json", "results.parquet", "summary.parquet")
@@ -29,18 +34,6 @@ MARKERS = ("study.yaml", "provenance.json", "results.parquet", "summary.parquet"
 def is_run_store(root: Path) -> bool:
     """Whether ``root`` holds at least one of the run store's :data:`MARKERS`."""
     return any((Path(root) / name).is_file() for name in MARKERS)
-
-
-@dataclass
-class Planes:
-    """Ground-truth Fourier planes of one hook (activations/<slug>/planes.safetensors)."""
-
-    basis_P2D: Float[np.ndarray, "P 2 d"]
-    freq_P: Int[np.ndarray, " P"]
-    is_key_P: Bool[np.ndarray, " P"]
-    r2_P: Float[np.ndarray, " P"] | None
-    variables: list[str]
-    spans: tuple | None = None  # cached key-plane decomposition, filled by geometry
 
 
 @dataclass
@@ -63,8 +56,8 @@ class ActDir:
 
 
 @dataclass
-class RunStore:
-    """Everything the report reads; absent items are None and explained in ``missing``."""
+class RunView:
+    """Everything the report reads of a run store; absent items are None, explained in ``missing``."""
 
     root: Path
     missing: dict[str, str] = field(default_factory=dict)
@@ -82,14 +75,14 @@ class RunStore:
     _planes: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, root: Path) -> RunStore:
+    def open(cls, root: Path) -> RunView:
         s = cls(root=root)
         s.curves = s._json("model/curves.json")
         s.fourier = s._json("model/fourier.json")
         s.model_metrics = s._json("model/metrics.json")
         s.acts = s._act_dirs()
-        for name in ("results", "pairs", "summary", "dynamics"):
-            setattr(s, name, s._parquet(f"{name}.parquet"))
+        for name in layout.TABLES:
+            setattr(s, name, s._parquet(layout.table_path(root, name).name))
         s.failures = s._json("failures.json")
         s.provenance = s._json("provenance.json")
         path = root / "study.yaml"
@@ -123,7 +116,7 @@ class RunStore:
             return None
 
     def _act_dirs(self) -> list[ActDir]:
-        base = self.root / "activations"
+        base = self.root / layout.ACTIVATIONS
         out = []
         for meta_path in sorted(base.rglob("meta.json")) if base.is_dir() else []:
             try:
@@ -131,7 +124,7 @@ class RunStore:
             except (OSError, ValueError) as err:
                 log.warning("report: unreadable %s (%s)", meta_path, err)
         if not out:
-            self.missing["activations"] = "no activations/**/meta.json in this run"
+            self.missing[layout.ACTIVATIONS] = "no activations/**/meta.json in this run"
         return out
 
     def act_dir(self, hook: str, checkpoint: str | None = None) -> ActDir | None:
@@ -140,35 +133,20 @@ class RunStore:
         exact = [a for a in hits if checkpoint is None or a.checkpoint in (checkpoint, None)]
         return (exact or hits or [None])[0]
 
-    def planes(self, hook: str, checkpoint: str | None = None) -> Planes | None:
+    def planes(self, hook: str, checkpoint: str | None = None) -> FourierPlanes | None:
         """The hook's planes (cached), or None when planes.safetensors is absent or malformed."""
         key = (hook, checkpoint)
         if key not in self._planes:
-            self._planes[key] = self._read_planes(hook, checkpoint)
+            act = self.act_dir(hook, checkpoint)
+            self._planes[key] = _or_none(load_planes, act.path) if act else None
         return self._planes[key]
 
-    def _read_planes(self, hook: str, checkpoint: str | None) -> Planes | None:
-        act = self.act_dir(hook, checkpoint)
-        path = act.path / "planes.safetensors" if act else None
-        if path is None or not path.is_file():
-            return None
-        t = _load_safetensors(path)
-        if t is None or not {"basis", "freq"} <= set(t):
-            return None
-        n = t["basis"].shape[0]
-        is_key = t["is_key"].bool() if "is_key" in t else torch.ones(n, dtype=torch.bool)
-        variables = list(act.meta.get("plane_variables") or [""] * n)
-        variables = variables if len(variables) == n else [""] * n
-        r2 = t["r2"].double().numpy() if "r2" in t else None
-        basis = t["basis"].double().numpy()
-        return Planes(basis, t["freq"].long().numpy(), is_key.numpy(), r2, variables)
-
     def sae_dir(self, unit_id: str, sae_id: str) -> Path:
-        return self.root / "units" / str(unit_id) / "saes" / str(sae_id)
+        return layout.sae_dir(self.root, unit_id, sae_id)
 
     def decoder(self, unit_id: str, sae_id: str, d_in: int) -> Float[np.ndarray, "S d"] | None:
         """W_dec [d_sae, d_in] of one SAE (transposed if stored the other way), or None."""
-        t = _load_safetensors(self.sae_dir(unit_id, sae_id) / "sae_weights.safetensors")
+        t = _or_none(load_safetensors, self.sae_dir(unit_id, sae_id) / WEIGHTS_FILE)
         dec = None if t is None else t.get("W_dec")
         if dec is None or dec.ndim != 2:
             return None
@@ -177,13 +155,10 @@ class RunStore:
         return dec.double().numpy() if dec.shape[1] == d_in else None
 
 
-def _load_safetensors(path: Path) -> dict[str, Tensor] | None:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        return None
+def _or_none(load: Any, path: Path) -> Any:
+    """``load(path)``, or None (logged) when the file is absent or unreadable."""
     try:
-        return load_file(str(path))
-    except Exception as err:  # corrupt tensors are reported as missing
-        log.warning("report: unreadable %s (%s)", path, err)
+        return load(path)
+    except UserError as err:
+        log.warning("report: %s", err)
         return None

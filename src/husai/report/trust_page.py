@@ -39,7 +39,7 @@ from husai.errors import UserError
 from husai.io import atomic_write_bytes, atomic_write_text, load_safetensors
 from husai.metrics.analyze import load_sae_dirs
 from husai.metrics.baselines import MetricValue
-from husai.metrics.ground_truth import key_planes, latent_purity
+from husai.metrics.ground_truth import latent_purity
 from husai.metrics.trust import (
     UNSTABLE_BELOW,
     TrustTable,
@@ -158,7 +158,7 @@ def _only_tensor(path: Path, obj: Any) -> Tensor:
 
 def plane_columns(table: TrustTable, saes: list[Any], planes: Any) -> dict[str, np.ndarray]:
     """Each latent's purest key-frequency plane (e.g. 'a+b k=14') and its norm^2 share."""
-    key = key_planes(planes)
+    key = planes.key_only()
     var = key.variable or ["?"] * len(key.freq)
     labels = np.array([f"{v} k={int(f)}" for v, f in zip(var, key.freq, strict=True)] + [""])
     plane, purity = [], []

@@ -145,6 +145,19 @@ def test_missing_optional_inputs_are_reported_not_fabricated(stable, tmp_path):
     assert not list((root / "report_files").glob("dynamics_*.png"))
 
 
+def test_the_report_names_the_task(stable, tmp_path):
+    md = (stable / "report.md").read_text()
+    assert md.startswith("# HUSAI study report: ") and "task (a + b) mod 113" in md.split("\n")[0]
+    root = tmp_path / "run"
+    shutil.copytree(stable, root, ignore=shutil.ignore_patterns("report*", "provenance.json"))
+    (root / "study.yaml").write_text("name: tiny\ntask: {op: mul, modulus: 7}\n")
+    build_report(root)
+    md = (root / "report.md").read_text()
+    task = "(a * b) mod 7, a and b in 1..6 (0 excluded)"
+    assert task in md.split("\n")[0]
+    assert f"| task | {task} |" in _section(md, "1. The model")
+
+
 def test_corrupt_table_and_empty_store(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

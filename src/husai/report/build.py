@@ -58,7 +58,8 @@ def build_report(
     st, ev = float(stability_threshold), float(ev_threshold)
     sections = build_sections(store, st, ev)
     _unique_figure_names(sections)
-    title = f"HUSAI study report: {_study_name(store)}"
+    task = store.task()
+    title = f"HUSAI study report: {_study_name(store)}" + (f", task {task}" if task else "")
     intro = _intro(store, st, ev)
     fig_dir = run_dir / FIGURE_DIR
     names = set()
@@ -119,9 +120,11 @@ def _study_name(store: RunView) -> str:
 
 
 def _intro(store: RunView, st: float, ev: float) -> list[Block]:
+    task = store.task()
     blocks: list[Block] = [
         Para(
-            f"Run store: {store.root}. Every number below is read from the run's tables "
+            (f"Task: {task}; every SAE reads the model trained on it. " if task else "")
+            + f"Run store: {store.root}. Every number below is read from the run's tables "
             f"(results, pairs, summary, dynamics parquet; model and activation JSON) or computed "
             f"from its SAE weights. Verdict thresholds: alive-only PW-MCC >= {fmt(st)}, "
             f"explained variance >= {fmt(ev)}, the CI lower bound above the hardest random "

@@ -16,9 +16,9 @@ def model_section(store: RunView) -> Section:
     m = store.model_metrics
     if m:
         keys = ("train_acc", "test_acc", "train_loss", "test_loss", "steps", "grok_step", "wall_s")
-        sec.add(
-            Table(["quantity", "value"], [[k, m[k]] for k in keys if k in m], "model/metrics.json")
-        )
+        task = store.task()
+        rows = ([["task", task]] if task else []) + [[k, m[k]] for k in keys if k in m]
+        sec.add(Table(["quantity", "value"], rows, "study.yaml (task), model/metrics.json"))
         if "grok_step" in m:
             g = m["grok_step"]
             sec.add(

@@ -89,6 +89,26 @@ class RunView:
         s.study_yaml = path.read_text() if path.is_file() else None
         return s
 
+    def task(self) -> str | None:
+        """The study's task in words (``(a + b) mod 113``), from provenance or study.yaml."""
+        from husai.config import TaskConfig
+        from husai.tasks import describe_task
+
+        study = (self.provenance or {}).get("study")
+        if not isinstance(study, dict) and self.study_yaml is not None:
+            import yaml
+
+            try:
+                study = yaml.safe_load(self.study_yaml)
+            except yaml.YAMLError:
+                study = None
+        task = study.get("task") if isinstance(study, dict) else None
+        try:  # a study.yaml without a task block used the defaults, as does this
+            cfg = TaskConfig.model_validate(task if isinstance(task, dict) else {})
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            return None
+        return describe_task(cfg.op, cfg.modulus)
+
     def _json(self, rel: str) -> Any:
         path = self.root / rel
         if not path.is_file():

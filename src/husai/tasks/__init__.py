@@ -3,6 +3,7 @@
 from husai.tasks.modular import (
     ModularDataset,
     create_dataloaders,
+    describe_task,
     make_dataset,
     make_labels,
     make_pairs,
@@ -13,6 +14,7 @@ from husai.tasks.modular import (
 __all__ = [
     "ModularDataset",
     "create_dataloaders",
+    "describe_task",
     "make_dataset",
     "make_labels",
     "make_pairs",

@@ -43,6 +43,17 @@ def make_pairs(modulus: int, op: str = "add") -> Int[Tensor, "n 2"]:
     return pairs
 
 
+def describe_task(op: str, modulus: int) -> str:
+    """The task in words, e.g. ``(a + b) mod 113`` (the operands each op leaves out named)."""
+    if op not in OPS:
+        raise ValueError(f"op: expected one of {OPS}, got {op!r}")
+    symbol = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[op]
+    text = f"(a {symbol} b) mod {modulus}"
+    if op == "mul":
+        return text + f", a and b in 1..{modulus - 1} (0 excluded)"
+    return text + (f", b in 1..{modulus - 1}" if op == "div" else "")
+
+
 def make_labels(pairs: Int[Tensor, "n 2"], modulus: int, op: str = "add") -> Int[Tensor, " n"]:
     a, b = pairs[:, 0], pairs[:, 1]
     if op == "add":

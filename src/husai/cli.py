@@ -270,10 +270,11 @@ def _study(
     report: bool,
 ) -> Any:
     from husai.experiments import run_study
+    from husai.experiments.suite import is_suite, run_suite
 
     if out is not None:
         _check_out_dir(out)
-    return run_study(
+    return (run_suite if is_suite(study) else run_study)(
         study,
         out=out,
         executor=executor,
@@ -328,7 +329,15 @@ def validate(
         "auto", help="'experiment', 'study' or 'auto' (a study has grid/metrics/report keys)."
     ),
 ) -> None:
-    """Validate an experiment or study config; print which kind it is, then the resolved YAML."""
+    """Validate an experiment, study or suite config; print which kind it is, then the resolved YAML."""
+    from husai.experiments.suite import is_suite, load_members
+
+    if kind == "auto" and is_suite(config):
+        suite, members = load_members(config, set_ or [])
+        print(f"# {config}: valid suite of {len(members)} studies ({suite.name})")
+        for member in members:
+            print(f"---\n# study {member.name}\n{member.to_yaml()}", end="")
+        return
     cfg = _load(config, set_, kind=kind)
     print(f"# {config}: valid {type(cfg).__name__.removesuffix('Config').lower()} config")
     print(cfg.to_yaml(), end="")

@@ -57,10 +57,14 @@ def build_report(
     store = RunView.open(run_dir)
     st, ev = float(stability_threshold), float(ev_threshold)
     sections = build_sections(store, st, ev)
-    _unique_figure_names(sections)
     task = store.task()
     title = f"HUSAI study report: {_study_name(store)}" + (f", task {task}" if task else "")
-    intro = _intro(store, st, ev)
+    return write_report(run_dir, title, _intro(store, st, ev), sections)
+
+
+def write_report(run_dir: Path, title: str, intro: list[Block], sections: list[Section]) -> Path:
+    """``report.html`` (self-contained), ``report.md`` and its figures; stale figures removed."""
+    _unique_figure_names(sections)
     fig_dir = run_dir / FIGURE_DIR
     names = set()
     for fig in iter_figures(sections):

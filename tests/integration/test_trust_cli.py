@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from cli_helpers import invoke_husai
 from husai.metrics.baselines import random_unit
 from husai.model.fourier import FourierPlanes
+from husai.report.render import fmt
 
 D, SHARED, OWN = 16, 12, 12
 
@@ -168,6 +169,15 @@ def test_trust_names_each_latents_plane_from_a_husai_activation_dir(tmp_path: Pa
     first = table[table["latent"] == 0]
     assert (first["plane"] == "a k=3").all() and np.allclose(first["plane_purity"], 1.0)
     assert "fire_freq" in table
+    held = table[(table["plane"] == "a k=3") & (table["plane_purity"] >= 0.5)]
+    per_sae = held.groupby("sae_index").size().reindex([0, 1], fill_value=0)
+    page = (tmp_path / "o" / "trust.html").read_text()
+    row = (
+        f"<tr><td>a k=3</td><td>{per_sae.min()}-{per_sae.max()}</td><td>{len(held)}</td>"
+        f"<td>{fmt(held['stability'].mean())}</td></tr>"
+    )
+    assert "By ground-truth plane" in page and row in page
+    assert held["latent"].eq(0).sum() == 2  # the planted latent, in both SAEs
 
 
 def test_trust_reads_husai_train_saes_output(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ agreeing with the weights, one ``d_in``), optionally activations, computes
   when the activations are a HUSAI directory with Fourier planes: the latent's purest
   key-frequency plane and its share of the decoder norm^2 in it);
 - ``trust.html``: the summary beside its random baselines, a stability histogram (inline
-  PNG), the SAEs, and a table sortable by any column (inline JS over inline JSON; it shows
+  PNG), the SAEs, with planes a per-plane view (:func:`plane_rows`), and a table sortable by any column (inline JS over inline JSON; it shows
   the first rows of the current order, the full table is in the CSV). No external URL.
 
 Activations are a HUSAI activation directory (``meta.json`` + ``acts.safetensors``) or a
@@ -169,6 +169,29 @@ def plane_columns(table: TrustTable, saes: list[Any], planes: Any) -> dict[str, 
     return {"plane": np.concatenate(plane), "plane_purity": np.concatenate(purity)}
 
 
+def plane_rows(cols: dict[str, np.ndarray], n_saes: int, min_purity: float = 0.5) -> list[list]:
+    """Per key plane: its latents (purity >= ``min_purity``) per SAE, their mean stability.
+
+    One row per plane that holds a latent, strongest-held first: the latents per SAE as
+    min-max over the SAEs (the allocation agreement: equal counts mean every seed gave
+    the plane as many latents), their total and their mean stability.
+    """
+    held = cols["plane_purity"] >= min_purity
+    rows = []
+    for plane in sorted({str(p) for p in cols["plane"][held] if p}):
+        mine = held & (cols["plane"] == plane)
+        per_sae = np.bincount(cols["sae_index"][mine], minlength=n_saes)
+        rows.append(
+            [
+                plane,
+                f"{per_sae.min()}-{per_sae.max()}",
+                int(mine.sum()),
+                float(cols["stability"][mine].mean()),
+            ]
+        )
+    return sorted(rows, key=lambda r: -r[2])
+
+
 def summary_text(table: TrustTable, summary: dict[str, MetricValue]) -> str:
     """The terminal summary: headline numbers beside their baselines, then one line per SAE."""
     n = len(table.names)
@@ -261,6 +284,7 @@ def trust_html(table: TrustTable, cols: dict[str, np.ndarray], text: str) -> str
             f"<pre>{e(text)}</pre>",
             f'<figure><img alt="stability histogram" src="data:image/png;base64,{png}"></figure>',
             f"<h2>SAEs</h2><table><tr><th>sae_index</th><th>path</th></tr>{saes}</table>",
+            _plane_html(cols, len(table.names)),
             "<h2>Latents</h2><p>Click a column to sort. Rows shown: "
             f'<input id="lim" type="number" value="{PAGE_ROWS}" min="1">. '
             '<span id="count"></span> Every column of every latent is in trust.csv.</p>',
@@ -269,6 +293,24 @@ def trust_html(table: TrustTable, cols: dict[str, np.ndarray], text: str) -> str
             f'<script type="application/json" id="data">{data}</script>',
             f"<script>{_JS}</script></body></html>",
         ]
+    )
+
+
+def _plane_html(cols: dict[str, np.ndarray], n_saes: int) -> str:
+    """The per-plane view (ground-truth planes only): empty without a plane column."""
+    if "plane" not in cols:
+        return ""
+    rows = plane_rows(cols, n_saes)
+    body = "".join(
+        f"<tr><td>{html.escape(p)}</td><td>{span}</td><td>{n}</td><td>{fmt(st)}</td></tr>"
+        for p, span, n, st in rows
+    )
+    return (
+        "<h2>By ground-truth plane</h2><p>Latents with >= 50% of their decoder norm^2 in one "
+        "key-frequency plane, per plane: how many each SAE gave it (min-max over the SAEs), "
+        "in all, and their mean stability. Latents in no plane are left out.</p>"
+        "<table><tr><th>plane</th><th>latents per SAE</th><th>latents</th>"
+        f"<th>mean stability</th></tr>{body}</table>"
     )
 
 

@@ -87,6 +87,7 @@ def test_tiny_suite_runs_each_task_and_compares(tmp_path):
     assert "(a + b) mod 17" in md and "(a - b) mod 17" in md
     assert "Does the stable zone move?" in md and "could not be built" not in md
     assert str(run / "report.html") in out
+    assert err.count("peak memory:") == 2  # one line per member study
 
 
 def test_validate_prints_each_member():

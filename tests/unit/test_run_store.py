@@ -185,3 +185,19 @@ def test_a_full_disk_keeps_no_partial_unit(tmp_path: Path, monkeypatch: pytest.M
         "free space and rerun to resume"
     )
     assert list(store.units_dir.iterdir()) == [] and not store.is_done("u1")
+
+
+def test_peak_rss_is_at_least_the_current_resident_memory():
+    from husai.experiments.runner import peak_rss_gb
+
+    held = bytearray(200 * 2**20)  # 200 MiB, touched so that it is resident
+    held[::4096] = b"\x01" * len(held[::4096])
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        pytest.skip("no /proc/self/status on this platform to read the current RSS from")
+    rss_kib = next(
+        int(x.split()[1]) for x in status.read_text().splitlines() if x.startswith("VmRSS")
+    )
+    # ru_maxrss is the kernel's high-water mark, updated lazily: within 2% of the RSS now
+    assert peak_rss_gb() >= 0.98 * rss_kib * 1024 / 1e9 >= 0.98 * 0.2
+    del held

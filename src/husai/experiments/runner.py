@@ -85,7 +85,9 @@ def run_study(
         with _disk_full_is_one_line(root):
             store = RunStore(root)
             with store.lock():
-                return _run(study, store, units, reuse, executor, address, report, console)
+                result = _run(study, store, units, reuse, executor, address, report, console)
+        console.print(f"peak memory: {peak_rss_gb():.2f} GB resident (RSS, largest process)")
+        return result
     except KeyboardInterrupt:
         raise RunInterrupted(
             f"run interrupted; finished units are kept in {root}; rerun the same command to resume"
@@ -141,6 +143,19 @@ def _run(
         stability_threshold=study.report.stability_threshold,
         ev_threshold=study.report.ev_threshold,
     )
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process or its largest finished child, in GB (1e9 bytes)."""
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    peak = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    return peak * scale / 1e9
 
 
 def model_to_reuse(study: StudyConfig, study_path: str | Path) -> Path | None:

@@ -64,6 +64,9 @@ class Architecture:
     normalize_decoder: ClassVar[bool] = False
     decoder_init_norm: ClassVar[float] = 0.1
     has_threshold_param: ClassVar[bool] = False
+    resamples_dead: ClassVar[bool] = False
+    """Whether ``sae_train.resample_dead_at`` resamples this architecture's dead latents
+    (``husai.saes.resample``; its authors' remedy for L1 SAEs, where TopK uses AuxK)."""
     saelens_architecture: ClassVar[str] = "standard"
     """The SAELens architecture it is saved as: 'standard', 'topk' or 'jumprelu' (then the
     threshold tensor is saved too)."""

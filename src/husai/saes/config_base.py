@@ -74,6 +74,9 @@ class SAETrainConfig(FrozenConfig):
     """Steps between entries of the training history (loss terms, L0, dead fraction)."""
     checkpoint_every: Annotated[int, Field(ge=1)] = 1000
     """Steps between resumable checkpoints (only when a checkpoint directory is given)."""
+    resample_dead_at: list[Annotated[int, Field(ge=1)]] = []
+    """Steps at which dead latents are resampled (Bricken et al. 2023; ReLU-L1 only, see
+    ``husai.saes.resample``); empty: never. TopK-family SAEs use AuxK instead."""
     normalize_activations: bool = True
     """Scale activations so that their mean squared norm is d_in (SAELens 'expected_average_only_in')."""
 

@@ -79,6 +79,7 @@ class ReluArch(Architecture):
     sparsity_name = "l1_coefficient"
     normalize_decoder = False
     decoder_init_norm = 0.1
+    resamples_dead = True
     saelens_architecture = "standard"
     saelens_reads = ("standard",)
 

@@ -54,6 +54,7 @@ from husai.saes.base import BatchedSAE, init_models
 from husai.saes.config_base import SAEConfigBase, SAETrainConfig
 from husai.saes.optim import PerModelAdam, lr_at
 from husai.saes.registry import get_architecture
+from husai.saes.resample import resample_dead, resample_seed
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class _GroupTrainer:
         self.since_fired_NS = torch.zeros(n, s, dtype=torch.long)
         self.step = 0
         self.converged: list[int | None] = [None] * n
+        self.resampled = [0] * n
         self.windows: list[list[float]] = [[0.0] * n, [0.0] * n]
         self.history: dict[str, list] = {}
         self.snapshots: dict[int, Tensor] = {}
@@ -260,6 +262,8 @@ class _GroupTrainer:
         self._track_plateau(loss_N.tolist())
         if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
             self._log(out, loss_N, lr)
+        if self.step in self.cfg.resample_dead_at and self.sae.arch.resamples_dead:
+            self._resample()
         if self.step in self.snap_at:
             self.snapshots[self.step] = self.sae.W_dec.detach().clone()
         if self.ckpt_dir is not None and self.step % self.cfg.checkpoint_every == 0:
@@ -279,6 +283,17 @@ class _GroupTrainer:
                     self.converged[n] = self.step
         self.windows = [cur, [0.0] * len(cur)]
 
+    def _resample(self) -> None:
+        """Resample the dead latents of the models still training (``husai.saes.resample``)."""
+        dead_NS = self.since_fired_NS >= self.cfg.dead_window
+        models = [n for n, c in enumerate(self.converged) if c is None]
+        seeds = [resample_seed(self.cfg.data_seed, seed, self.step) for _, seed in self.members]
+        counts = resample_dead(self.sae, self.adam, self.acts_ND, dead_NS, models, seeds)
+        for n in models:
+            self.since_fired_NS[n][dead_NS[n]] = 0
+        self.resampled = [a + b for a, b in zip(self.resampled, counts, strict=True)]
+        log.debug("step %d resampled %s dead latents", self.step, counts)
+
     def _log(self, out, loss_N: Tensor, lr: float) -> None:
         dead_NS = self.since_fired_NS >= self.cfg.dead_window
         row = {
@@ -289,6 +304,8 @@ class _GroupTrainer:
             "dead_fraction": dead_NS.float().mean(-1).tolist(),
             **{f"loss_{k}": v.detach().tolist() for k, v in out.losses.items()},
         }
+        if self.cfg.resample_dead_at and self.sae.arch.resamples_dead:
+            row["resampled"] = list(self.resampled)  # cumulative, per model
         for k, v in row.items():
             self.history.setdefault(k, []).append(v)
         log.debug("step %d loss %s", self.step, row["loss"])
@@ -324,6 +341,7 @@ class _GroupTrainer:
             "fingerprint": self.fingerprint,
             "step": self.step,
             "converged": self.converged,
+            "resampled": self.resampled,
             "windows": self.windows,
             "history": self.history,
             "tensors_sha256": sha256_tensors(tensors),
@@ -355,6 +373,7 @@ class _GroupTrainer:
         self.snapshots = {int(k[5:]): v for k, v in tensors.items() if k.startswith("snap.")}
         self.since_fired_NS = tensors["since_fired"]
         self.step, self.converged = state["step"], state["converged"]
+        self.resampled = state.get("resampled", self.resampled)
         self.windows, self.history = state["windows"], state["history"]
         self.last_ckpt = self.step
         log.info("resumed SAE group from %s at step %d", self.ckpt_dir, self.step)

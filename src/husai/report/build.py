@@ -29,6 +29,7 @@ from husai.report.render import (
     render_markdown,
 )
 from husai.report.sections_gt import geometry_section, ground_truth_section
+from husai.report.sections_levels import levels_section
 from husai.report.sections_misc import failures_section
 from husai.report.sections_model import activations_section, model_section, not_grokked
 from husai.report.sections_stability import dynamics_section, stability_section, verdict_section
@@ -86,13 +87,21 @@ def build_sections(store: RunView, st: float, ev: float) -> list[Section]:
         ("2. The activations", "activations", lambda: activations_section(store)),
         ("3. Stability", "stability", lambda: stability_section(store, st, ev)),
         ("4. The verdict", "verdict", lambda: verdict_section(store, st, ev)[0]),
-        ("5. Ground truth", "ground-truth", lambda: ground_truth_section(store)),
+        ("5. Ground truth", "ground-truth", lambda: _ground_truth_and_levels(store)),
         ("6. Dynamics", "dynamics", lambda: dynamics_section(store)),
         ("7. Geometry", "geometry", lambda: geometry_section(store)),
         ("8. Guidelines", "guidelines", lambda: guidelines_section(store, st, ev)),
         ("9. Failures and provenance", "failures", lambda: failures_section(store)),
     ]
     return [_safe(title, anchor, fn) for title, anchor, fn in builders]
+
+
+def _ground_truth_and_levels(store: RunView) -> Section:
+    """Section 5 with stability at every level (plane, frequency, ...) as its last part."""
+    sec = ground_truth_section(store)
+    levels = _safe("Stability at every level", "levels", lambda: levels_section(store))
+    sec.subsections.append(levels)
+    return sec
 
 
 def _safe(title: str, anchor: str, fn: Callable[[], Section]) -> Section:

@@ -126,6 +126,47 @@ def extract(
         print(f"activations: {path}")
 
 
+@_command("extract-lm")
+def extract_lm(
+    model: str = typer.Option(
+        ...,
+        help="'minilm' (the offline demo of the 'lm' extra), a local transformers model "
+        "directory, a TransformerLens name (gpt2, pythia-70m; downloads) or hf:ORG/NAME (downloads).",
+    ),
+    layer: int = typer.Option(..., help="Block L: the residual stream after it is read (0-based)."),
+    text: list[str] = typer.Option(
+        ...,
+        help="Text file, directory of .txt/.md/.rst files, or 'pydoc' (CPython's docs); repeatable.",
+    ),
+    max_tokens: Optional[int] = typer.Option(None, help="Stop after this many text tokens."),
+    context: int = typer.Option(128, help="Tokens per window, special tokens included."),
+    device: str = typer.Option("cpu", help="'auto', 'cpu' or 'cuda'."),
+    batch_size: int = typer.Option(32, min=1, help="Windows per forward pass."),
+    out: Optional[Path] = typer.Option(
+        None, help="Activation directory (default runs/activations/lm_<model>_L<layer>)."
+    ),
+) -> None:
+    """Residual-stream activations of a language model over text, per token, as an activation
+    directory (with token ids and positions); resumable."""
+    from husai.lm import extract_lm as run_extract_lm
+
+    if out is None:
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model).name or model)
+        out = Path("runs/activations") / f"lm_{slug}_L{layer}"
+    _check_out_dir(out)
+    path = run_extract_lm(
+        model,
+        layer,
+        text,
+        out,
+        max_tokens=max_tokens,
+        context=context,
+        device=device,
+        batch_size=batch_size,
+    )
+    print(f"activations: {path}")
+
+
 @_command("train-saes")
 def train_saes(
     config: Path = typer.Argument(..., help="Experiment YAML (sae, sae_train)."),

@@ -255,3 +255,14 @@ def test_verdict_uses_hardest_baseline_and_dead_rule(stable):
     assert "points" in guide  # every trend quotes its number of points
     gt = _section(md, "5. Ground truth")
     assert "| plane_coverage_weighted |" in gt and "plane_coverage_weighted_baseline_subspace" in gt
+
+
+def test_answer_paragraph_leads_the_report_with_the_verdict_counts(stable):
+    from husai.report.verdict import primary_table, stable_mask
+
+    df, _ = primary_table(pd.read_parquet(stable / "summary.parquet"))
+    n = int(stable_mask(df, 0.7, 0.9).sum())
+    md = (stable / "report.md").read_text()
+    first = md.split("\n\n")[1]
+    assert first.startswith(f"Answer: at the direction level, {n} of {len(df)} configurations")
+    assert "at any level" in first or "reaches 0.9" in first

@@ -11,6 +11,17 @@
   verdicts use. Tables from before the data-aware baselines get them as NaN, and
   ``baseline_hardest = baseline``.
 - ``dynamics.parquet``: cross-seed stability at each training snapshot.
+- ``latents.parquet``: one row per latent of every SAE, gathered from the SAE
+  directories' ``latents.parquet`` (schema and definitions: :mod:`husai.experiments.unit`);
+  units written before it existed have none, and are left out (logged). ``summary``
+  then gains, per group, per-feature stability over the group's *alive* latents beside
+  its analytic random baseline (:func:`husai.metrics.trust.random_stability`: decoders of
+  ``d_sae`` independent uniformly random unit vectors in R^d_in per seed, the same
+  partner pool as the measured value, which counts dead partners too):
+  ``latent_stability_mean``/``_median``, ``latent_stable_half`` (share of latents stable
+  in at least half of the other seeds), ``latent_stable_all`` (in all of them), each with
+  ``<name>_baseline``; ``latent_stability_mean_all`` (dead latents included),
+  ``latent_stability_n_alive`` and ``latent_stability_tau``.
 
 Rows are sorted and the bootstrap is seeded, so the same units give the same bits.
 Timing lives only in ``unit.json``, never in the tables.
@@ -19,13 +30,19 @@ Timing lives only in ``unit.json``, never in the tables.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from husai import layout
+from husai.experiments.unit import LATENT_COLUMNS, LATENTS_FILE
 from husai.io import atomic_write_bytes
 from husai.metrics.bootstrap import seed_bootstrap_ci
+from husai.metrics.trust import random_stability
+
+log = logging.getLogger(__name__)
 
 GROUP_COLS = ["arch", "d_sae", "hook", "checkpoint", "sparsity_name", "sparsity"]
 
@@ -48,8 +65,10 @@ def build_tables(
         dynamics = dynamics.sort_values(["group_id", "metric", "step"], kind="stable").reset_index(
             drop=True
         )
-    summary = summarise(pairs, results, bootstrap, seed)
+    latents = gather_latents(records, out_dir)
+    summary = summarise(pairs, results, bootstrap, seed, latents)
     tables = {"results": results, "pairs": pairs, "summary": summary, "dynamics": dynamics}
+    tables["latents"] = latents
     for name, df in tables.items():
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
@@ -88,11 +107,69 @@ def _result_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def summarise(pairs: Any, results: Any, bootstrap: int, seed: int) -> Any:
+def gather_latents(records: list[dict[str, Any]], root: Path) -> Any:
+    """Every finished SAE's latents.parquet under ``root``, sorted by unit, SAE and latent."""
+    import pandas as pd
+
+    frames, lacking = [], 0
+    for rec in records:
+        if rec["status"] != "ok":
+            continue
+        for sae in rec["saes"]:
+            path = layout.sae_dir(root, rec["unit_id"], sae["sae_id"]) / LATENTS_FILE
+            if path.is_file():
+                frames.append(pd.read_parquet(path))
+            else:
+                lacking += 1
+    if lacking:
+        log.warning("%d SAE(s) have no %s (written by an older husai)", lacking, LATENTS_FILE)
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in LATENT_COLUMNS.items()})
+    out = pd.concat(frames, ignore_index=True).astype(LATENT_COLUMNS)
+    return out.sort_values(["unit_id", "sae_id", "latent"], kind="stable").reset_index(drop=True)
+
+
+def latent_stability_columns(latents: Any) -> dict[str, dict[str, float]]:
+    """Per group_id: per-feature stability of its alive latents beside the random baseline."""
+    out: dict[str, dict[str, float]] = {}
+    if latents is None or latents.empty:
+        return out
+    for gid, df in latents.groupby("group_id", sort=True):
+        first = df.iloc[0]
+        n_others = int(first["n_others"])
+        stab = df.loc[df["alive"].to_numpy(bool), "stability"].to_numpy(np.float64)
+        cols = {
+            "latent_stability_mean_all": float(df["stability"].mean()),
+            "latent_stability_n_alive": len(stab),
+            "latent_stability_tau": float(first["tau"]),
+        }
+        if n_others < 1 or not len(stab):
+            out[str(gid)] = cols
+            continue
+        levels = np.arange(n_others + 1) / n_others
+        sizes = [int(first["d_sae"])] * (n_others + 1)
+        dist = random_stability(sizes, int(first["d_in"]), float(first["tau"]))
+        median_base = levels[int(np.argmax(np.cumsum(dist) >= 0.5 - 1e-12))]
+        cols |= {
+            "latent_stability_mean": float(stab.mean()),
+            "latent_stability_mean_baseline": float(dist @ levels),
+            "latent_stability_median": float(np.median(stab)),
+            "latent_stability_median_baseline": float(median_base),
+            "latent_stable_half": float((stab >= 0.5).mean()),
+            "latent_stable_half_baseline": float(dist[levels >= 0.5].sum()),
+            "latent_stable_all": float((stab >= 1.0).mean()),
+            "latent_stable_all_baseline": float(dist[-1]),
+        }
+        out[str(gid)] = cols
+    return out
+
+
+def summarise(pairs: Any, results: Any, bootstrap: int, seed: int, latents: Any = None) -> Any:
     import pandas as pd
 
     if pairs.empty:
         return pd.DataFrame()
+    per_feature = latent_stability_columns(latents)
     rows = []
     for (gid, metric), df in pairs.groupby(["group_id", "metric"], sort=True):
         vals = df["value"].to_numpy(dtype=np.float64)
@@ -115,6 +192,7 @@ def summarise(pairs: Any, results: Any, bootstrap: int, seed: int) -> Any:
         }
         row.update(_hardest_cols(df, float(vals.mean())))
         row.update(_group_eval(results, first))
+        row.update(per_feature.get(str(gid), {}))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -4,10 +4,32 @@
 nothing to the run store, so the same call runs in-process or as a Ray task on another
 machine; the driver writes what it returns. A failure (e.g. a NaN loss) is returned as
 a failed result carrying its error, so the study goes on.
+
+Besides the pair and dynamics rows, every SAE directory gets ``latents.parquet``: one row
+per latent (schema :data:`LATENT_COLUMNS`), listed with its sha256 in ``unit.json`` like
+the SAE's other files, and gathered by :mod:`husai.experiments.tables` into the store's
+``latents.parquet``. Its measures (u: the latent's unit decoder row):
+
+- ``stability``: the fraction of the *other* seeds' SAEs of the same configuration (same
+  arch, width, sparsity, hook, checkpoint) holding a latent, dead or alive, at signed
+  decoder cosine >= ``metrics.shared_tau`` (Kurochkin et al. 2026; computed by
+  :mod:`husai.metrics.trust`, whose analytic random baseline goes with it);
+  ``partner_cos_mean``: the best partner's signed cosine, mean over the other seeds;
+- ``alive`` (fires on at least one activation row, as in ``eval.json``) and ``fire_freq``
+  (share of the unit's activation rows on which its code is non-zero);
+- ``ev_contribution``: the drop in explained variance when the latent's term ``c_s W_dec[s]``
+  is removed from every reconstruction, the other codes unchanged (no re-encoding):
+  ``sum_r (||e_r + c_rs d_s||^2 - ||e_r||^2) / sum_r ||x_r - mean(x)||^2`` with
+  ``e_r = x_r - xhat_r``. Exactly 0 for a dead latent; negative when the term overshoots;
+  the contributions do not sum to the EV (cross terms);
+- ``plane_purity``/``plane`` and ``freq_purity``/``freq``
+  (:func:`husai.metrics.ground_truth.latent_purity` over the key-frequency planes; ``plane``
+  indexes them, ``plane_freq`` and ``plane_variable`` name it): null without planes.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -19,7 +41,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from husai.config import StudyMetricsConfig
@@ -32,6 +56,9 @@ from husai.metrics.data_baselines import (
     plane_coverage_baselines,
     weighted_mean,
 )
+from husai.metrics.ground_truth import latent_purity
+from husai.metrics.matching import unit_rows
+from husai.metrics.trust import best_partners, stability
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +118,25 @@ def _execute(payload: UnitPayload) -> UnitResult:
     model, loss_cache = _load_model(payload), {}
     data = data_reference(acts_ND)
     coverage = _CoverageWeights.of(payload, data)
-    saes, codes, alive = [], {}, {}
+    saes, codes, alive, latents, latents_s = [], {}, {}, [], 0.0
+    sst = total_sum_of_squares(acts_ND)  # once per unit: every SAE's EV contributions use it
     for idx, (cfg, seed) in enumerate(group.members):
-        record, codes[idx], alive[idx] = _measure_sae(
+        record, codes[idx], alive[idx], single = _measure_sae(
             payload, group, idx, (cfg, seed), model, loss_cache
         )
         record["gt"].update(coverage.columns(record["gt"]))
         saes.append(record)
+        t1 = time.perf_counter()
+        latents.append(
+            (
+                single.W_dec,
+                latent_columns(single, acts_ND, codes[idx], alive[idx], payload.planes, sst),
+            )
+        )
+        latents_s += time.perf_counter() - t1
+    t1 = time.perf_counter()
+    _add_latent_files(payload, saes, latents)
+    latents_s += time.perf_counter() - t1
     pairs = _pair_rows(unit, payload, group.sae, init_sae, codes, alive, data)
     dynamics = _dynamics_rows(unit, payload, group.snapshots, data)
     snapshots = {f"step_{s}": w for s, w in sorted(group.snapshots.items())}
@@ -112,6 +151,7 @@ def _execute(payload: UnitPayload) -> UnitResult:
             **_plain(group.history),
             "train_s": train_s,
             "measure_s": time.perf_counter() - t0 - train_s,
+            "latents_s": latents_s,
         },
         steps=int(group.steps),
     )
@@ -124,8 +164,10 @@ def _measure_sae(
     member: tuple[Any, int],
     model: Any,
     loss_cache: dict,
-) -> tuple[dict[str, Any], Tensor, Tensor]:
-    """Evaluation, loss recovered and ground truth for model ``idx``; its files as bytes."""
+) -> tuple[dict[str, Any], Tensor, Tensor, Any]:
+    """Evaluation, loss recovered and ground truth for model ``idx``; its files as bytes.
+
+    Returns the record, its codes on all rows, its alive mask and the SAE as saved."""
     from husai.saes import evaluate, load_sae, save_sae
 
     unit, (cfg, seed) = payload.unit, member
@@ -163,7 +205,7 @@ def _measure_sae(
         "files": files,
         "gt": _ground_truth(payload, single, codes_NS),
     }
-    return record, codes_NS, alive_S
+    return record, codes_NS, alive_S, single
 
 
 def _load_model(payload: UnitPayload) -> Any:
@@ -346,6 +388,159 @@ def _dynamics_rows(
                 }
             )
     return rows
+
+
+LATENTS_FILE = "latents.parquet"
+"""Each SAE directory's per-latent table; the store root's gathers them all."""
+
+LATENT_COLUMNS = {
+    "unit_id": "string",
+    "group_id": "string",
+    "sae_id": "string",
+    "arch": "string",
+    "d_sae": "int64",
+    "d_in": "int64",
+    "hook": "string",
+    "checkpoint": "string",
+    "sparsity_name": "string",
+    "sparsity": "float64",
+    "seed": "int64",
+    "latent": "int64",
+    "alive": "bool",
+    "stability": "float64",
+    "n_others": "int64",
+    "tau": "float64",
+    "partner_cos_mean": "float64",
+    "fire_freq": "float64",
+    "ev_contribution": "float64",
+    "plane_purity": "Float64",
+    "plane": "Int64",
+    "plane_freq": "Int64",
+    "plane_variable": "string",
+    "freq_purity": "Float64",
+    "freq": "Int64",
+}
+"""The schema of latents.parquet (column -> pandas dtype; nullable dtypes hold nulls)."""
+
+
+def latent_columns(
+    sae: Any,
+    acts_RD: Float[Tensor, "R D"],
+    codes_RS: Float[Tensor, "R S"],
+    alive_S: Tensor,
+    planes: Any | None,
+    sst: float | None = None,
+) -> dict[str, np.ndarray]:
+    """One SAE's own per-latent columns (module docstring): alive, firing frequency, EV
+    contribution and, with ``planes``, purity over the key-frequency planes (else NaN / -1)."""
+    n = codes_RS.shape[1]
+    out: dict[str, np.ndarray] = {
+        "alive": alive_S.bool().numpy(),
+        "fire_freq": (codes_RS != 0).sum(0).numpy() / codes_RS.shape[0],
+        "ev_contribution": ev_contributions(sae, acts_RD, codes_RS, sst=sst),
+        "plane_purity": np.full(n, np.nan),
+        "plane": np.full(n, -1),
+        "plane_freq": np.full(n, -1),
+        "plane_variable": np.full(n, None, dtype=object),
+        "freq_purity": np.full(n, np.nan),
+        "freq": np.full(n, -1),
+    }
+    if planes is None:
+        return out
+    key = planes.key_only()
+    pur = latent_purity(sae.W_dec, key)
+    plane = pur["plane"]
+    has, safe = plane >= 0, np.maximum(plane, 0)
+    out |= {k: pur[k] for k in ("plane_purity", "plane", "freq_purity", "freq")}
+    out["plane_freq"] = np.where(has, torch.as_tensor(key.freq).long().numpy()[safe], -1)
+    out["plane_variable"] = np.where(has, np.asarray(key.variable, dtype=object)[safe], None)
+    return out
+
+
+@torch.no_grad()
+def ev_contributions(
+    sae: Any,
+    acts_RD: Float[Tensor, "R D"],
+    codes_RS: Float[Tensor, "R S"],
+    batch: int = 4096,
+    sst: float | None = None,
+) -> np.ndarray:
+    """Per latent: the drop in explained variance when its term is removed from every
+    reconstruction, other codes unchanged (module docstring). ``sae.decode`` must be
+    ``codes @ W_dec + b_dec`` on a ``[B, S]`` batch (a saved SAE, ``LoadedSAE``); ``sst``:
+    :func:`total_sum_of_squares` of ``acts_RD``, computed here when not given."""
+    x_RD = acts_RD.detach().float()
+    dec_SD = sae.W_dec.detach().float()
+    norm2_S = dec_SD.pow(2).sum(1).double()
+    sst = total_sum_of_squares(x_RD) if sst is None else sst
+    dsse_S = torch.zeros(dec_SD.shape[0], dtype=torch.float64)
+    for i in range(0, len(x_RD), batch):
+        c_BS = codes_RS[i : i + batch].float()
+        err_BD = x_RD[i : i + batch] - sae.decode(c_BS)
+        c64_BS = c_BS.double()
+        dsse_S += 2.0 * (c64_BS * (err_BD @ dec_SD.T).double()).sum(0)
+        dsse_S += c64_BS.pow(2).sum(0) * norm2_S
+    return (dsse_S / sst).numpy()
+
+
+def total_sum_of_squares(acts_RD: Float[Tensor, "R D"]) -> float:
+    """``sum_r ||x_r - mean(x)||^2`` in float64: the denominator of explained variance."""
+    x64_RD = acts_RD.detach().double()
+    return float((x64_RD - x64_RD.mean(0)).pow(2).sum())
+
+
+def cross_seed_columns(
+    decoders: list[Float[Tensor, "S D"]], tau: float
+) -> list[dict[str, np.ndarray]]:
+    """Per SAE of one configuration (one decoder per seed): each latent's ``stability`` and
+    ``partner_cos_mean`` over the other seeds (:mod:`husai.metrics.trust`); NaN for one seed."""
+    units = [unit_rows(d) for d in decoders]
+    if len(units) < 2:
+        nan = [np.full(len(u), np.nan) for u in units]
+        return [{"stability": x, "partner_cos_mean": x.copy()} for x in nan]
+    _, cos = best_partners(units)
+    return [
+        {
+            "stability": stability(c_SN, tau),
+            "partner_cos_mean": np.nanmean(c_SN.double().numpy(), axis=1),
+        }
+        for c_SN in cos
+    ]
+
+
+def latent_frame(head: dict[str, Any], cols: dict[str, np.ndarray]) -> Any:
+    """latents.parquet rows of one SAE: the constant ``head`` columns, then ``cols``; -1 plane
+    or frequency indices and NaN purities become nulls."""
+    import pandas as pd
+
+    n = len(cols["alive"])
+    data = {}
+    for name, dtype in LATENT_COLUMNS.items():
+        v = head[name] if name in head else np.arange(n) if name == "latent" else cols[name]
+        v = np.full(n, v, dtype=object if isinstance(v, str) else None) if np.ndim(v) == 0 else v
+        if name in ("plane", "plane_freq", "freq"):
+            v = np.where(v >= 0, v, None)
+        data[name] = pd.array(v, dtype=dtype)
+    return pd.DataFrame(data)
+
+
+def _add_latent_files(
+    payload: UnitPayload, saes: list[dict[str, Any]], latents: list[tuple[Tensor, dict]]
+) -> None:
+    """Add ``latents.parquet`` to every SAE's files; stability is per configuration, so
+    the seeds of each sparsity value (config-major order, as in ``group.members``) go together."""
+    n_seeds, tau = len(payload.unit.sae_train.init_seeds), payload.metrics.shared_tau
+    for start in range(0, len(saes), n_seeds):
+        members = range(start, start + n_seeds)
+        cross = cross_seed_columns([latents[m][0] for m in members], tau)
+        for m, extra in zip(members, cross, strict=True):
+            rec = saes[m]
+            head = {k: rec[k] for k in ("sae_id", "seed", *_group_cols(payload, 0.0))}
+            head |= {"unit_id": payload.unit_id, "d_in": int(payload.acts_ND.shape[1])}
+            head |= {"n_others": n_seeds - 1, "tau": float(tau)}
+            buf = io.BytesIO()
+            latent_frame(head, latents[m][1] | extra).to_parquet(buf, index=False)
+            rec["files"][LATENTS_FILE] = buf.getvalue()
 
 
 def _group_id(unit_id: str, sparsity: float) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from husai.errors import UserError
 from husai.io import atomic_write_bytes, atomic_write_text
 from husai.report import guidelines
+from husai.report.answer import answer
 from husai.report.render import (
     Block,
     Bullets,
@@ -29,7 +30,8 @@ from husai.report.render import (
     render_markdown,
 )
 from husai.report.sections_gt import geometry_section, ground_truth_section
-from husai.report.sections_levels import levels_section
+from husai.report.sections_latents import latents_section
+from husai.report.sections_levels import levels_section, levels_table
 from husai.report.sections_misc import failures_section
 from husai.report.sections_model import activations_section, model_section, not_grokked
 from husai.report.sections_stability import dynamics_section, stability_section, verdict_section
@@ -61,6 +63,20 @@ def build_report(
     task = store.task()
     title = f"HUSAI study report: {_study_name(store)}" + (f", task {task}" if task else "")
     return write_report(run_dir, title, _intro(store, st, ev), sections)
+
+
+def answer_paragraph(store: RunView, st: float, ev: float) -> Block | None:
+    """The one-paragraph answer (``husai.report.answer``), or None when it cannot be built."""
+    try:
+        levels = levels_table(store)
+    except Exception:  # the levels section says why; the answer keeps the direction level
+        log.exception("report: levels table failed")
+        levels = None
+    try:
+        return answer(store, st, ev, levels)
+    except Exception:  # one broken input must not cost the whole report
+        log.exception("report: the answer paragraph failed")
+        return None
 
 
 def write_report(run_dir: Path, title: str, intro: list[Block], sections: list[Section]) -> Path:
@@ -100,7 +116,8 @@ def _ground_truth_and_levels(store: RunView) -> Section:
     """Section 5 with stability at every level (plane, frequency, ...) as its last part."""
     sec = ground_truth_section(store)
     levels = _safe("Stability at every level", "levels", lambda: levels_section(store))
-    sec.subsections.append(levels)
+    latents = _safe("Per-feature stability", "latents", lambda: latents_section(store))
+    sec.subsections += [levels, latents]
     return sec
 
 
@@ -134,7 +151,9 @@ def _study_name(store: RunView) -> str:
 
 def _intro(store: RunView, st: float, ev: float) -> list[Block]:
     task = store.task()
-    blocks: list[Block] = [
+    head = answer_paragraph(store, st, ev)
+    blocks: list[Block] = [] if head is None else [head]
+    blocks += [
         Para(
             (f"Task: {task}; every SAE reads the model trained on it. " if task else "")
             + f"Run store: {store.root}. Every number below is read from the run's tables "

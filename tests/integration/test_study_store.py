@@ -225,16 +225,19 @@ def test_a_mistyped_transformer_run_is_an_error(tmp_path: Path) -> None:
 
 
 def test_the_committed_studies_reuse_their_committed_models() -> None:
+    from husai.experiments.suite import is_suite, load_members
+
     for path in sorted((ROOT / "configs" / "studies").glob("*.yaml")):
-        study = StudyConfig.from_yaml(path)
-        reuse = model_to_reuse(study, path)
-        want = (
-            ROOT
-            / "artifacts"
-            / {"add": "default_model"}.get(study.task.op, f"{study.task.op}_model")
-        )
-        assert reuse is not None and reuse.resolve() == want, path
-        check_hooks_and_checkpoints(study, path, reuse)
+        studies = load_members(path)[1] if is_suite(path) else [StudyConfig.from_yaml(path)]
+        for study in studies:
+            _check_reuse(study, path)
+
+
+def _check_reuse(study: StudyConfig, path: Path) -> None:
+    reuse = model_to_reuse(study, path)
+    model = {"add": "default_model"}.get(study.task.op, f"{study.task.op}_model")
+    assert reuse is not None and reuse.resolve() == ROOT / "artifacts" / model, path
+    check_hooks_and_checkpoints(study, path, reuse)
 
 
 @pytest.mark.usefixtures("no_work")

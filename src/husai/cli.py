@@ -14,7 +14,6 @@ traceback; Ctrl-C prints its message (a study says how to resume) and exits with
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from typing import Any, Optional, TypeVar
 import typer
 
 from husai.errors import UserError
+from husai.io import check_out_dir
 from husai.resources import DEFAULT_MODEL, data_root, locate
 
 app = typer.Typer(
@@ -68,17 +68,6 @@ def _load(path: Path, overrides: Optional[list[str]], kind: str = "experiment") 
     from husai.config import load_any_config
 
     return load_any_config(locate(path), overrides or [], kind=kind)
-
-
-def _check_out_dir(out: Path) -> None:
-    """A UserError unless ``out`` is, or can be made, a writable directory."""
-    existing = out.absolute()
-    while not existing.exists():  # creates nothing: the run store is made later
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"--out {out}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: {existing} is not writable")
 
 
 @app.callback()
@@ -153,7 +142,7 @@ def extract_lm(
     if out is None:
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model).name or model)
         out = Path("runs/activations") / f"lm_{slug}_L{layer}"
-    _check_out_dir(out)
+    check_out_dir(out)
     path = run_extract_lm(
         model,
         layer,
@@ -236,7 +225,7 @@ def trust(
     partners, and the reproducible subspace; each beside its random baseline."""
     from husai.report.trust_page import trust_report
 
-    _check_out_dir(out)
+    check_out_dir(out)
     text = trust_report(
         sae_dirs, out, activations=activations, tau=tau, subspace_rank=subspace_rank
     )
@@ -314,7 +303,7 @@ def _study(
     from husai.experiments.suite import is_suite, run_suite
 
     if out is not None:
-        _check_out_dir(out)
+        check_out_dir(out)
     return (run_suite if is_suite(study) else run_study)(
         study,
         out=out,

@@ -1,7 +1,9 @@
-"""Atomic file writes and checksums, shared by every stage.
+"""Atomic file writes, checksums and the output-directory check, shared by every stage.
 
 Every file HUSAI writes goes to a temporary file in the same directory and is then
 renamed over its target, so a crash (even SIGKILL) never leaves a half-written file.
+torch and safetensors are imported by the functions that take tensors, so the CLI can
+import this module (for :func:`check_out_dir`) without loading them.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from husai.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -61,13 +67,45 @@ def sha256_file(path: str | Path) -> str:
 
 
 def sha256_tensors(tensors: dict[str, torch.Tensor]) -> str:
-    """Checksum of named tensors that depends only on names, dtypes, shapes and bits."""
+    """Checksum of named tensors that depends only on names, dtypes, shapes and bits.
+
+    A 0-d tensor hashes its one value's bits under its own shape ``()``, so it differs
+    from the same value of shape ``(1,)``.
+    """
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def check_out_dir(
+    out: str | Path, inputs: Sequence[str | Path] = (), marker: str | None = None
+) -> Path:
+    """``out``, or a UserError unless it can be a writable output directory; creates nothing.
+
+    Refused: one of ``inputs`` (so no input is overwritten), a file, a path below a file,
+    a path whose nearest existing folder is not writable, and, given ``marker`` (for a
+    command that replaces ``out`` whole), a non-empty directory without that file, which
+    an earlier run of the command would have written.
+    """
+    out = Path(out)
+    if any(out.resolve() == Path(p).resolve() for p in inputs):
+        raise UserError(f"--out {out}: is one of the inputs; choose another --out")
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {out}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not writable")
+    non_empty = out.is_dir() and any(out.iterdir())
+    if marker is not None and non_empty and not (out / marker).is_file():
+        raise UserError(f"--out {out}: exists and holds no {marker}; choose an empty or new --out")
+    return out
 
 
 def _json_default(obj: Any) -> Any:
@@ -84,8 +122,6 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file; a missing or corrupt file is one UserError line."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from husai.errors import UserError
 
     path = Path(path)
     if not path.is_file():

@@ -239,7 +239,5 @@ def _first_line(err: BaseException) -> str:
 
 
 def _weights_sha256(model: nn.Module) -> str:
-    """sha256 of the state dict (0-d buffers, such as TL's masks' fill value, as 1-d)."""
-    return sha256_tensors(
-        {k: v.reshape(-1) if v.dim() == 0 else v for k, v in model.state_dict().items()}
-    )
+    """sha256 of the state dict (0-d buffers, such as TL's masks' fill value, included)."""
+    return sha256_tensors(model.state_dict())

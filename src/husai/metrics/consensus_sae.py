@@ -16,8 +16,10 @@ consensus' EV and L0, and per consensus latent its support, mean cosine and memb
 ``[sae_index, latent]``). Everything is written into a temporary sibling directory that is
 renamed into place at the end, so an error leaves nothing; every user mistake found
 (fewer than 2 SAEs, different d_in, NaN weights, ``min_seeds`` outside [1, n], ``tau``
-outside (0, 1], activations of another width, no cluster kept) is one
-:class:`~husai.errors.UserError` line, raised before any training.
+outside (0, 1], activations of another width, no cluster kept, an ``out_dir`` that
+:func:`husai.io.check_out_dir` refuses: an input SAE, a file, or a non-empty directory
+without ``consensus.json``) is one :class:`~husai.errors.UserError` line, raised before
+any training.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from torch import Tensor
 
 from husai.config import ReluSAEConfig, SAETrainConfig, TopKSAEConfig
 from husai.errors import UserError
-from husai.io import atomic_write_json
+from husai.io import atomic_write_json, check_out_dir
 from husai.metrics.analyze import load_sae_dirs
 from husai.metrics.consensus import (
     Clusters,
@@ -128,7 +130,7 @@ def build_consensus(
             f"min_seeds: expected an integer in [1, {n}] (the SAEs given), got {min_seeds}"
         )
     acts_RD = _read_acts(activations, d_in)
-    out_dir = _check_out_dir(Path(out_dir), dirs)
+    out_dir = check_out_dir(out_dir, dirs, marker=CONSENSUS_FILE)
     decoders = [as_decoder(s) for s in saes]
     clusters = cluster_latents(decoders, tau)
     W_dec_CD, kept = consensus_decoder(decoders, clusters, min_seeds)
@@ -202,19 +204,6 @@ def _read_acts(activations: str | Path | Tensor, d_in: int) -> Float[Tensor, "R 
     if not bool(torch.isfinite(acts).all()):
         raise UserError(f"{where}: activations contain NaN or inf values")
     return acts
-
-
-def _check_out_dir(out_dir: Path, inputs: list[Path]) -> Path:
-    """Refuse an input SAE, a file, or a non-empty directory no consensus run wrote."""
-    if any(out_dir.resolve() == p.resolve() for p in inputs):
-        raise UserError(f"{out_dir}: is one of the input SAEs; choose another --out")
-    if out_dir.is_file():
-        raise UserError(f"{out_dir}: is a file; --out expects a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / CONSENSUS_FILE).is_file():
-        raise UserError(
-            f"{out_dir}: exists and holds no {CONSENSUS_FILE}; choose an empty or new --out"
-        )
-    return out_dir
 
 
 def _sae_config(d_sae: int, k: int | None, l1: float | None, seed_eval: list[dict]) -> Any:

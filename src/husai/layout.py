@@ -12,6 +12,7 @@ drift apart. Nothing in this module touches the disk.
     <root>/units/<unit_id>/unit.json
     <root>/units/<unit_id>/saes/<sae_id>/          SAELens files + eval.json
     <root>/<table>.parquet             one per name in TABLES
+    <root>/latents.parquet             LATENTS: one row per latent of every SAE
 """
 
 from __future__ import annotations
@@ -21,9 +22,17 @@ from pathlib import Path
 TABLES = ("results", "pairs", "summary", "dynamics")
 """The study's tables, written by ``experiments.tables`` as ``<root>/<name>.parquet``."""
 
+LATENTS = "latents"
+"""The per-latent table, written beside TABLES but not in them: it grows with every
+latent, so the report's latents section reads it alone, not every page's ``RunView``."""
+
 UNITS = "units"
 ACTIVATIONS = "activations"
 SAES = "saes"
+UNIT_RECORD = "unit.json"
+"""A unit's record: its config, ``saes`` in model order, the trainer's ``history``, ``files``."""
+UNIT_SNAPSHOTS = "snapshots.safetensors"
+"""A unit's decoder snapshots: ``step_<t>`` -> W_dec [N, S, D]."""
 
 
 def table_path(root: Path, name: str) -> Path:

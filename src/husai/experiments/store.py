@@ -92,7 +92,7 @@ class RunStore:
                 shutil.rmtree(path, ignore_errors=True)
 
     def unit_record(self, unit_id: str) -> dict[str, Any] | None:
-        path = self.unit_dir(unit_id) / "unit.json"
+        path = self.unit_dir(unit_id) / layout.UNIT_RECORD
         if not path.is_file():
             return None
         try:
@@ -118,8 +118,10 @@ class RunStore:
             for sae in result.saes:
                 _write_sae_dir(layout.sae_dir_in(stage, sae["sae_id"]), sae)
             if result.snapshots:
-                atomic_save_safetensors(stage / "snapshots.safetensors", result.snapshots)
-            atomic_write_json(stage / "unit.json", _record(result, content, _manifest(stage)))
+                atomic_save_safetensors(stage / layout.UNIT_SNAPSHOTS, result.snapshots)
+            atomic_write_json(
+                stage / layout.UNIT_RECORD, _record(result, content, _manifest(stage))
+            )
             _swap_in(stage, self.unit_dir(result.unit_id))
         except BaseException as err:
             shutil.rmtree(stage, ignore_errors=True)
@@ -170,7 +172,7 @@ def _manifest(unit_dir: Path) -> dict[str, dict[str, Any]]:
     return {
         p.relative_to(unit_dir).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(unit_dir.rglob("*"))
-        if p.is_file() and p.name != "unit.json"
+        if p.is_file() and p.name != layout.UNIT_RECORD
     }
 
 

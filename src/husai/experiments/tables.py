@@ -68,11 +68,11 @@ def build_tables(
     latents = gather_latents(records, out_dir)
     summary = summarise(pairs, results, bootstrap, seed, latents)
     tables = {"results": results, "pairs": pairs, "summary": summary, "dynamics": dynamics}
-    tables["latents"] = latents
+    tables[layout.LATENTS] = latents
     for name, df in tables.items():
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
-        atomic_write_bytes(out_dir / f"{name}.parquet", buf.getvalue())
+        atomic_write_bytes(layout.table_path(out_dir, name), buf.getvalue())
     return tables
 
 

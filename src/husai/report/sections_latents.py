@@ -71,7 +71,7 @@ def latents_section(store: RunView) -> Section:
 def _read(store: RunView) -> tuple[Any, str]:
     import pandas as pd
 
-    path = layout.table_path(store.root, "latents")
+    path = layout.table_path(store.root, layout.LATENTS)
     if not path.is_file():
         return (
             None,

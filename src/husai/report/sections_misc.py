@@ -1,8 +1,9 @@
-"""Section 9: failures (failures.json and results rows whose status is not 'ok') and
-provenance (provenance.json: configs, package versions, git commit, machine).
+"""Section 9: failures (failures.json and results rows whose status is not 'ok'), training
+convergence (:mod:`husai.report.sections_convergence`) and provenance (provenance.json:
+configs, package versions, git commit, machine).
 
-Both files are shown as they are, flattened into tables; values are truncated for
-display only (the files stay the source of truth).
+failures.json and provenance.json are shown as they are, flattened into tables; values are
+truncated for display only (the files stay the source of truth).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from husai.report.render import Code, Note, Para, Section, Table, fmt_param
+from husai.report.sections_convergence import convergence_section
 from husai.report.store import RunView
 
 MAX_CELL = 300
@@ -22,52 +24,8 @@ def _short(v: Any) -> str:
 
 def failures_section(store: RunView) -> Section:
     sec = Section("9. Failures and provenance", "failures")
-    sec.subsections += [_failures(store), _convergence(store), _provenance(store)]
+    sec.subsections += [_failures(store), convergence_section(store), _provenance(store)]
     return sec
-
-
-def _convergence(store: RunView) -> Section:
-    """How many SAEs met the trainer's loss-plateau criterion, per group of configurations."""
-    sub = Section("Training convergence", "convergence")
-    r = store.results
-    need = ("status", "arch", "d_sae", "hook", "checkpoint", "steps", "converged_step")
-    if r is None or any(c not in getattr(r, "columns", []) for c in need):
-        return sub.add(Note("results.parquet has no steps/converged_step columns."))
-    ok = r[r.status == "ok"]
-    if ok.empty:
-        return sub.add(Note("no trained SAE in results.parquet"))
-    rows, n_conv = [], 0
-    for key, g in ok.groupby(["arch", "d_sae", "hook", "checkpoint"], sort=True):
-        conv = g["converged_step"].dropna()
-        n_conv += len(conv)
-        med = fmt_param(float(conv.median())) if len(conv) else "-"
-        rows.append([*key, len(g), int(g["steps"].max()), len(conv), med])
-    cols = [
-        "arch",
-        "d_sae",
-        "hook",
-        "checkpoint",
-        "SAEs",
-        "steps run",
-        "plateau reached",
-        "median step",
-    ]
-    sub.add(
-        Para(
-            f"{n_conv} of {len(ok)} SAEs met the trainer's loss-plateau criterion (sae_train.plateau_tol "
-            "between consecutive plateau_window-step windows) and were frozen there; the others "
-            "trained for the whole step budget, with the learning rate decaying to 0 at the end."
-        ),
-        Table(cols, rows, "results.parquet: steps and converged_step per group"),
-    )
-    if n_conv < len(ok):
-        sub.add(
-            Note(
-                f"{len(ok) - n_conv} SAE(s) stopped at the step budget rather than at a loss plateau; "
-                "their numbers describe SAEs trained for that budget."
-            )
-        )
-    return sub
 
 
 def _failures(store: RunView) -> Section:

@@ -73,6 +73,7 @@ class RunView:
     provenance: dict | None = None
     study_yaml: str | None = None
     _planes: dict = field(default_factory=dict, repr=False)
+    _units: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, root: Path) -> RunView:
@@ -173,6 +174,44 @@ class RunView:
         if dec.shape[1] != d_in and dec.shape[0] == d_in:
             dec = dec.T
         return dec.double().numpy() if dec.shape[1] == d_in else None
+
+    def unit_record(self, unit_id: str) -> dict[str, Any] | None:
+        """``units/<unit_id>/unit.json`` (cached): the unit's config (``unit``), its ``saes`` in
+        model order and the trainer's ``history`` (``step``, ``loss`` [step][model], ...); None
+        when absent or unreadable (logged)."""
+        if unit_id not in self._units:
+            path = layout.unit_dir(self.root, unit_id) / layout.UNIT_RECORD
+            rec = None
+            try:
+                rec = json.loads(path.read_text()) if path.is_file() else None
+            except (OSError, ValueError) as err:
+                log.warning("report: %s could not be read (%s)", path, err.__class__.__name__)
+            self._units[unit_id] = rec if isinstance(rec, dict) else None
+        return self._units[unit_id]
+
+    def snapshot_steps(self, unit_id: str) -> list[int]:
+        """The steps of the unit's decoder snapshots, ascending; [] when there are none."""
+        from safetensors import SafetensorError, safe_open
+
+        path = layout.unit_dir(self.root, unit_id) / layout.UNIT_SNAPSHOTS
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+        except (SafetensorError, OSError, ValueError):
+            return []
+        return sorted(int(k[5:]) for k in keys if k.startswith("step_") and k[5:].isdigit())
+
+    def snapshot(self, unit_id: str, step: int) -> Float[np.ndarray, "N S D"] | None:
+        """The unit's W_dec of every model at snapshot ``step``, or None."""
+        from safetensors import SafetensorError, safe_open
+
+        path = layout.unit_dir(self.root, unit_id) / layout.UNIT_SNAPSHOTS
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                dec = f.get_tensor(f"step_{int(step)}")
+        except (SafetensorError, OSError, ValueError, KeyError):
+            return None
+        return dec.double().numpy() if dec.ndim == 3 else None
 
 
 def _or_none(load: Any, path: Path) -> Any:

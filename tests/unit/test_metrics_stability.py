@@ -13,6 +13,7 @@ from scipy.optimize import linear_sum_assignment
 
 from husai.metrics import (
     activation_mcc,
+    correlation_matrix,
     mmcs,
     per_latent_stability,
     pw_mcc,
@@ -195,3 +196,41 @@ def test_encoder_pw_mcc_when_encoders_given() -> None:
     assert out["pw_mcc_encoder"].value == pytest.approx(1.0, abs=1e-6)
     assert out["pw_mcc_encoder"].baseline == pytest.approx(out["pw_mcc"].baseline)
     assert "pw_mcc_encoder" not in stability_pair(dec, dec, trials=2, ranks=[])
+
+
+@pytest.mark.parametrize("density", [0.02, 0.9])
+def test_correlation_matrix_matches_numpy_on_sparse_and_dense_codes(density) -> None:
+    """The moment form (sparse product below SPARSE_DENSITY) equals numpy's corrcoef."""
+    gen = _gen(11)
+    mask_a = torch.rand(2000, 30, generator=gen) < density
+    mask_b = torch.rand(2000, 20, generator=gen) < density
+    a = torch.relu(torch.randn(2000, 30, generator=gen)) * mask_a + 0.5 * mask_a
+    b = torch.relu(torch.randn(2000, 20, generator=gen)) * mask_b
+    b[:, 3] = 2.0 * a[:, 7] + 0.1  # one exact linear partner
+    got = correlation_matrix(a, b).numpy()
+    ref = np.corrcoef(a.double().numpy().T, b.double().numpy().T)[:30, 30:]
+    assert np.allclose(got, ref, atol=1e-10)
+    assert got[7, 3] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_correlation_matrix_treats_constant_and_near_constant_latents_as_zero() -> None:
+    gen = _gen(12)
+    a = torch.randn(500, 4, generator=gen).double()
+    a[:, 0] = 0.0  # dead
+    a[:, 1] = 1.0 + 1e-9 * torch.randn(500, generator=gen).double()  # varies by 1e-9 of its mean
+    b = a.clone()
+    corr = correlation_matrix(a, b)
+    assert torch.all(corr[0] == 0) and torch.all(corr[1] == 0)
+    assert corr[2, 2] == pytest.approx(1.0, abs=1e-12) and corr[3, 3] == pytest.approx(1.0)
+    assert torch.all(corr.abs() <= 1.0)
+
+
+def test_correlation_matrix_is_the_same_in_row_chunks(monkeypatch) -> None:
+    import husai.metrics.similarity as similarity
+
+    gen = _gen(13)
+    a = torch.relu(torch.randn(600, 40, generator=gen) - 1.5)
+    b = torch.relu(torch.randn(600, 30, generator=gen) - 1.5)
+    whole = correlation_matrix(a, b)
+    monkeypatch.setattr(similarity, "_PAIRS_PER_CHUNK", 50)
+    assert torch.allclose(correlation_matrix(a, b), whole, atol=1e-12)

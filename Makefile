@@ -1,9 +1,11 @@
 # Two commands: `make run` (the default study, on CPU) and `make test` (the test suite).
 # Both bootstrap .venv on first use (torch 2.13.0 CPU wheel first, then the package).
+# `make run-lm`: the second main job, the language-model study (installs the `lm` extra).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.husai-installed
+LM_STAMP := $(VENV)/.husai-lm-installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
@@ -11,7 +13,7 @@ export WANDB_SILENT ?= true
 # left out by default; `make test PYTEST_ARGS=` runs everything.
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: run test check lint format bench install clean
+.PHONY: run run-lm test check lint format bench install clean
 
 install: $(STAMP)
 
@@ -23,6 +25,13 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(VENV)/bin/husai run $(STUDY)
+
+$(LM_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,ray,lm]'
+	touch $(LM_STAMP)
+
+run-lm: $(LM_STAMP)
+	$(VENV)/bin/husai run configs/studies/lm_minilm.yaml
 
 test: $(STAMP)
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \

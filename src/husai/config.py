@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
@@ -366,6 +367,27 @@ class ReportConfig(FrozenConfig):
     """Explained variance a configuration must keep."""
 
 
+class LanguageModelSource(FrozenConfig):
+    """A language model over text as the study's activation source (``husai extract-lm``).
+
+    Each grid hook ``blocks.L.hook_resid_post`` is the residual stream after block L
+    (:mod:`husai.lm.models`); there is no task, no training of a transformer and no ground
+    truth, and the grid's only checkpoint is ``final``.
+    """
+
+    model: Annotated[str, Field(min_length=1)] = "minilm"
+    """``minilm`` (the offline demo of the ``lm`` extra), a local directory, a TransformerLens
+    name, or ``hf:ORG/NAME``; only the last two may download."""
+    text: Annotated[list[str], Field(min_length=1)] = ["pydoc"]
+    """Plain-text files or directories (relative to the working directory), or ``pydoc``."""
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Keep at most this many text tokens (None: all of the text)."""
+    context: Annotated[int, Field(ge=2)] = 128
+    """Window length in tokens, special tokens included."""
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    """Windows per forward pass during extraction."""
+
+
 class StudyConfig(FrozenConfig):
     """A study: the base experiment (task, model, SAE training) plus a grid of SAE configurations.
 
@@ -379,6 +401,9 @@ class StudyConfig(FrozenConfig):
     """A trained model run to reuse if its task/model/train config matches; else the model is trained."""
     transformer_config: str | None = None
     """A model config YAML (relative to the study file) whose task/model/train this study uses."""
+    language_model: LanguageModelSource | None = None
+    """Read a language model's activations instead of the modular model (then ``transformer_run``,
+    ``task``, ``model`` and ``train`` are unused, and loss recovered is not measured)."""
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -393,6 +418,29 @@ class StudyConfig(FrozenConfig):
     @classmethod
     def _one_grid_is_a_list(cls, v: Any) -> Any:
         return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _language_model_has_no_transformer(self) -> StudyConfig:
+        if self.language_model is None:
+            return self
+        clash = [f for f in ("transformer_run", "transformer_config") if f in self.model_fields_set]
+        clash = [f for f in clash if getattr(self, f) is not None]
+        if clash:
+            raise ValueError(
+                f"language_model reads a language model's activations; remove {clash[0]} "
+                "(it names a modular-arithmetic model)"
+            )
+        for grid in self.grids:
+            for hook in grid.hooks:
+                if language_model_layer(hook) is None:
+                    raise ValueError(
+                        f"grid.hooks: a language model study reads blocks.L.hook_resid_post, got {hook!r}"
+                    )
+            if list(grid.checkpoints) != ["final"]:
+                raise ValueError(
+                    f"grid.checkpoints: a language model has only 'final', got {list(grid.checkpoints)}"
+                )
+        return self
 
     @property
     def grids(self) -> list[SweepConfig]:
@@ -425,6 +473,12 @@ class StudyConfig(FrozenConfig):
             train=self.train,
             tracking=self.tracking,
         )
+
+
+def language_model_layer(hook: str) -> int | None:
+    """L of ``blocks.L.hook_resid_post``, else None."""
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook)
+    return None if match is None else int(match.group(1))
 
 
 CONFIG_KINDS: dict[str, type[ExperimentConfig] | type[StudyConfig]] = {

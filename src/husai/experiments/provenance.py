@@ -25,7 +25,8 @@ PACKAGES = (
 )
 
 
-def provenance(study: StudyConfig, model_dir: Path) -> dict[str, Any]:
+def provenance(study: StudyConfig, model_dir: Path | None) -> dict[str, Any]:
+    """Configs, package versions, git commit and machine; ``model_dir`` None for a language model."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -34,7 +35,7 @@ def provenance(study: StudyConfig, model_dir: Path) -> dict[str, Any]:
             versions[name] = None
     return {
         "study": study.model_dump(mode="json"),
-        "model_dir": str(model_dir),
+        "model_dir": None if model_dir is None else str(model_dir),
         "packages": versions,
         "git_commit": _git_commit(),
         "machine": {

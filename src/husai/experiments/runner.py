@@ -16,6 +16,11 @@ stages run, each skipped when its outputs exist for the same content:
    provenance;
 5. the report (``report.html`` and ``report.md``).
 
+A study with a ``language_model`` source has no transformer of its own: stage 1 records the
+language model (``model/language_model.json``), stage 2 extracts its residual stream over
+the study's text per grid hook (:mod:`husai.lm.extract`), and the units run without planes
+or loss recovered. Its model and text are checked before anything is written.
+
 A full disk is one line (:class:`DiskFullError`); Ctrl-C is :class:`RunInterrupted`, whose
 message says that rerunning resumes. Either way the lock is released.
 """
@@ -34,8 +39,8 @@ from typing import Any
 from rich.console import Console
 
 from husai import layout
-from husai.activations import extract_to_dirs, load_activations
-from husai.config import StudyConfig
+from husai.activations import extract_to_dirs, hook_slug, load_activations
+from husai.config import StudyConfig, language_model_layer
 from husai.errors import DiskFullError, RunInterrupted, UserError
 from husai.experiments.executors import run_local, run_ray
 from husai.experiments.grid import Unit, estimate_cost, expand_grid
@@ -78,14 +83,18 @@ def run_study(
         console.print(f"study file: {study_file} (shipped with husai)")
     study = StudyConfig.from_yaml(study_file, overrides)
     units = expand_grid(study)  # validates every grid value before any work
-    reuse = model_to_reuse(study, study_path)
-    check_hooks_and_checkpoints(study, study_path, reuse)
+    reuse, lm = None, None
+    if study.language_model is None:
+        reuse = model_to_reuse(study, study_path)
+        check_hooks_and_checkpoints(study, study_path, reuse)
+    else:
+        lm = load_study_language_model(study, study_path)
     root = Path(out) if out else Path("runs") / study.name
     try:
         with _disk_full_is_one_line(root):
             store = RunStore(root)
             with store.lock():
-                result = _run(study, store, units, reuse, executor, address, report, console)
+                result = _run(study, store, units, (reuse, lm), executor, address, report, console)
         console.print(f"peak memory: {peak_rss_gb():.2f} GB resident (RSS, largest process)")
         return result
     except KeyboardInterrupt:
@@ -98,13 +107,15 @@ def _run(
     study: StudyConfig,
     store: RunStore,
     units: list[Unit],
-    reuse: Path | None,
+    source: tuple[Path | None, Any],
     executor: str,
     address: str | None,
     report: bool,
     console: Console,
 ) -> Path:
-    """The five stages, in a locked store."""
+    """The five stages, in a locked store. ``source``: the model run to reuse (or None), and
+    the loaded language model of a language-model study (else None)."""
+    reuse, lm = source
     store.remove_leftovers()
     study.to_yaml(store.root / "study.yaml")
     console.print(
@@ -112,10 +123,15 @@ def _run(
     )
 
     console.print("[bold]stage 1/5[/] model")
-    model_dir = ensure_model(study, store, reuse)
+    model_dir = (
+        ensure_model(study, store, reuse) if lm is None else record_language_model(store, lm)
+    )
     console.print("[bold]stage 2/5[/] activations")
     with _disk_full_is_one_line(store.root / layout.ACTIVATIONS):
-        acts_dirs = ensure_activations(study, store, model_dir)
+        if lm is None:
+            acts_dirs = ensure_activations(study, store, model_dir)
+        else:
+            acts_dirs = ensure_lm_activations(study, store, lm)
     d_in = {hook: _acts_dim(path) for (_, hook), path in acts_dirs.items()}
     cost = estimate_cost(units, d_in)
     console.print(
@@ -156,6 +172,69 @@ def peak_rss_gb() -> float:
         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
     )
     return peak * scale / 1e9
+
+
+def load_study_language_model(study: StudyConfig, study_path: str | Path) -> Any:
+    """The study's language model, loaded, with every grid layer and text source checked
+    (one UserError line naming the study file otherwise); nothing is written."""
+    from husai.lm.models import load_language_model
+    from husai.lm.text import check_sources
+
+    source = study.language_model
+    assert source is not None
+    try:
+        check_sources(list(source.text))
+        lm = load_language_model(source.model)
+        for hook in study.hooks:
+            lm.check_layer(_lm_layer(hook))
+    except UserError as err:
+        raise UserError(f"{study_path}: language_model: {err}") from None
+    return lm
+
+
+def record_language_model(store: RunStore, lm: Any) -> None:
+    """Stage 1 of a language-model study: no transformer to train; what it reads is recorded
+    (returns None: there is no model run)."""
+    about = {
+        "source": "language_model",
+        "model": lm.name,
+        "model_loader": lm.source,
+        "model_sha256": lm.sha256,
+        "n_layers": lm.n_layers,
+        "d_model": lm.d_model,
+    }
+    atomic_write_json(store.root / "model" / "language_model.json", about)
+
+
+def ensure_lm_activations(
+    study: StudyConfig, store: RunStore, lm: Any
+) -> dict[tuple[str, str], Path]:
+    """A language model's activations per grid hook (``husai extract-lm``, reused while its
+    job key, i.e. weights, layer, context and text, is unchanged)."""
+    from husai.lm.extract import extract_lm_from
+
+    source = study.language_model
+    assert source is not None
+    out = {}
+    for hook in study.hooks:
+        path = layout.activations_dir(store.root, "final", hook_slug(hook))
+        out[("final", hook)] = extract_lm_from(
+            lm,
+            _lm_layer(hook),
+            list(source.text),
+            path,
+            max_tokens=source.max_tokens,
+            context=source.context,
+            batch_size=source.batch_size,
+        )
+    return out
+
+
+def _lm_layer(hook: str) -> int:
+    layer = language_model_layer(hook)
+    if layer is None:  # StudyConfig has refused such a hook already
+        raise UserError(f"grid.hooks: expected blocks.L.hook_resid_post, got {hook!r}")
+    return layer
 
 
 def model_to_reuse(study: StudyConfig, study_path: str | Path) -> Path | None:
@@ -258,7 +337,7 @@ def run_units(
     store: RunStore,
     units: list[Unit],
     acts_dirs: dict,
-    model_dir: Path,
+    model_dir: Path | None,
     executor: str,
     address: str | None,
     console: Console,
@@ -295,7 +374,11 @@ def run_units(
             run_local(payloads(), on_result)
 
 
-def _payload(study: StudyConfig, unit: Unit, uid: str, acts: Any, model_dir: Path) -> UnitPayload:
+def _payload(
+    study: StudyConfig, unit: Unit, uid: str, acts: Any, model_dir: Path | None
+) -> UnitPayload:
+    if model_dir is None:  # a language model: no planes, no splicing
+        return UnitPayload(unit=unit, unit_id=uid, acts_ND=acts.acts, metrics=study.metrics)
     ds = make_dataset(study.task)
     model = load_model(model_dir, unit.checkpoint) if study.metrics.loss_recovered else None
     return UnitPayload(

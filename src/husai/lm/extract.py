@@ -10,6 +10,8 @@ after block L; :mod:`husai.lm.models`) are written as a HUSAI activation directo
                         "window_document" [W], "window_offset" [W] (int64);
                         "pairs" [R, 2] = (sequence, position) and "train_mask" [R] (all
                         true: no split) for the activation-directory format
+    tokens.json         {"<id>": "<text>"}: every token id of the text, decoded alone (for
+                        the report's top-activating text, without the model)
     meta.json           model, layer, hook, context, documents, token counts, job key, ...
 
 How the text becomes windows and rows is :mod:`husai.lm.windows`. Extraction runs in
@@ -48,6 +50,7 @@ from husai.progress import progress_bar
 log = logging.getLogger(__name__)
 
 FORMAT = "husai-lm-activations/1"
+TOKENS = "tokens.json"
 SHARD_DIR = "shards"
 
 
@@ -115,6 +118,7 @@ def extract_lm_from(
             )
     stats = _join_shards(out, len(shards), plan.n_rows, lm.d_model)
     _write_inputs(out, plan)
+    _write_token_strings(out, lm, plan)
     atomic_write_json(out / "meta.json", _meta(lm, layer, context, max_tokens, plan, job, stats))
     shutil.rmtree(out / SHARD_DIR, ignore_errors=True)
     return out
@@ -145,7 +149,9 @@ def _is_done(out: Path, job: str) -> bool:
     meta = out / "meta.json"
     if not meta.is_file():
         return False
-    written = (out / "acts.safetensors").is_file() and (out / "inputs.safetensors").is_file()
+    written = all(
+        (out / name).is_file() for name in ("acts.safetensors", "inputs.safetensors", TOKENS)
+    )
     return written and json.loads(meta.read_text()).get("job") == job
 
 
@@ -278,6 +284,20 @@ def _write_inputs(out: Path, plan: WindowPlan) -> None:
         "train_mask": torch.ones(plan.n_rows, dtype=torch.bool),
     }
     atomic_save_safetensors(out / "inputs.safetensors", tensors)
+
+
+def _write_token_strings(out: Path, lm: LanguageModel, plan: WindowPlan) -> None:
+    ids = sorted({int(i) for i in plan.row_tensors()["token_ids"].unique().tolist()})
+    strings = {str(i): lm.tokenizer.decode([i]) for i in ids}
+    atomic_write_json(out / TOKENS, strings)
+
+
+def load_token_strings(acts_dir: Path) -> dict[int, str] | None:
+    """Token id -> its text, as written by extraction (None if the directory has none)."""
+    path = Path(acts_dir) / TOKENS
+    if not path.is_file():
+        return None
+    return {int(k): str(v) for k, v in json.loads(path.read_text()).items()}
 
 
 def _meta(

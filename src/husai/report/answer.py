@@ -72,11 +72,11 @@ def _direction(df: Any, st: float, ev: float) -> str:
         f"{fmt(best.baseline_hardest)} ({best.hardest_kind}), all-latent {fmt(best.mean_all)}, "
         f"{fmt(best.dead_fraction_mean)} dead, EV {fmt(best.explained_variance_mean)}."
     )
-    return text + _failures(df[~ok], st, ev)
+    return text + _failures(df[~ok], st, ev, others=n > 0)
 
 
-def _failures(rest: Any, st: float, ev: float) -> str:
-    """How many of the others fail each rule first (in the rule's order)."""
+def _failures(rest: Any, st: float, ev: float, others: bool) -> str:
+    """How many of the unstable configurations fail each rule first (in the rule's order)."""
     if rest.empty:
         return ""
     low = rest["mean"] < st
@@ -90,7 +90,7 @@ def _failures(rest: Any, st: float, ev: float) -> str:
         (int(dead.sum()), f"more than {verdict.DEAD_MAX:.0%} dead"),
     ]
     why = ", ".join(f"{c} {w}" for c, w in counts if c)
-    return f" The other {len(rest)} fail first on: {why}."
+    return f" {'The other' if others else 'All'} {len(rest)} fail first on: {why}."
 
 
 def _levels(levels: Any) -> str:

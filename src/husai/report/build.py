@@ -16,7 +16,7 @@ from pathlib import Path
 
 from husai.errors import UserError
 from husai.io import atomic_write_bytes, atomic_write_text
-from husai.report import guidelines
+from husai.report import guidelines, sections_lm
 from husai.report.answer import answer
 from husai.report.render import (
     Block,
@@ -59,9 +59,15 @@ def build_report(
         )
     store = RunView.open(run_dir)
     st, ev = float(stability_threshold), float(ev_threshold)
+    title = f"HUSAI study report: {_study_name(store)}"
+    if sections_lm.is_language_model(store):
+        sections = build_lm_sections(store, st, ev)
+        return write_report(
+            run_dir, title + f", {sections_lm.describe(store)}", _lm_intro(store, st, ev), sections
+        )
     sections = build_sections(store, st, ev)
     task = store.task()
-    title = f"HUSAI study report: {_study_name(store)}" + (f", task {task}" if task else "")
+    title += f", task {task}" if task else ""
     return write_report(run_dir, title, _intro(store, st, ev), sections)
 
 
@@ -112,6 +118,28 @@ def build_sections(store: RunView, st: float, ev: float) -> list[Section]:
     return [_safe(title, anchor, fn) for title, anchor, fn in builders]
 
 
+def build_lm_sections(store: RunView, st: float, ev: float) -> list[Section]:
+    """A language-model study's sections: no ground truth, its features shown in text."""
+    builders: list[tuple[str, str, Callable[[], Section]]] = [
+        ("1. The language model", "model", lambda: sections_lm.model_section(store)),
+        ("3. Stability", "stability", lambda: stability_section(store, st, ev)),
+        ("4. The verdict", "verdict", lambda: verdict_section(store, st, ev)[0]),
+        ("5. Features in text", "text", lambda: _text_and_latents(store)),
+        ("6. Dynamics", "dynamics", lambda: dynamics_section(store)),
+        ("7. Guidelines", "guidelines", lambda: guidelines_section(store, st, ev)),
+        ("8. Failures and provenance", "failures", lambda: failures_section(store)),
+    ]
+    return sections_lm.renumber([_safe(title, anchor, fn) for title, anchor, fn in builders])
+
+
+def _text_and_latents(store: RunView) -> Section:
+    sec = sections_lm.text_section(store)
+    sec.subsections.append(
+        _safe("Per-feature stability", "latents", lambda: latents_section(store))
+    )
+    return sec
+
+
 def _ground_truth_and_levels(store: RunView) -> Section:
     """Section 5 with stability at every level (plane, frequency, ...) as its last part."""
     sec = ground_truth_section(store)
@@ -153,10 +181,18 @@ def _intro(store: RunView, st: float, ev: float) -> list[Block]:
     task = store.task()
     head = answer_paragraph(store, st, ev)
     blocks: list[Block] = [] if head is None else [head]
-    blocks += [
+    lead = f"Task: {task}; every SAE reads the model trained on it. " if task else ""
+    return blocks + _method(store, st, ev, lead)
+
+
+def _method(
+    store: RunView, st: float, ev: float, lead: str, skip: str | None = None
+) -> list[Block]:
+    """Where the numbers come from and the verdict's thresholds; what inputs are missing
+    (but those under ``skip``, which this kind of study does not have)."""
+    blocks: list[Block] = [
         Para(
-            (f"Task: {task}; every SAE reads the model trained on it. " if task else "")
-            + f"Run store: {store.root}. Every number below is read from the run's tables "
+            lead + f"Run store: {store.root}. Every number below is read from the run's tables "
             f"(results, pairs, summary, dynamics parquet; model and activation JSON) or computed "
             f"from its SAE weights. Verdict thresholds: alive-only PW-MCC >= {fmt(st)}, "
             f"explained variance >= {fmt(ev)}, the CI lower bound above the hardest random "
@@ -164,13 +200,24 @@ def _intro(store: RunView, st: float, ev: float) -> list[Block]:
             f"baselines), and at most {DEAD_MAX:.0%} of the dictionary dead."
         )
     ]
-    if store.missing:
-        items = [store.missing[k] for k in sorted(store.missing)]
+    missing = {k: v for k, v in store.missing.items() if skip is None or not k.startswith(skip)}
+    if missing:
+        items = [missing[k] for k in sorted(missing)]
         blocks += [
             Note("Some inputs are missing; the sections that need them say so."),
             Bullets(items),
         ]
     return blocks
+
+
+def _lm_intro(store: RunView, st: float, ev: float) -> list[Block]:
+    try:
+        head = answer(store, st, ev, None)  # no ground truth, so no levels beyond directions
+    except Exception:  # one broken input must not cost the whole report
+        log.exception("report: the answer paragraph failed")
+        head = None
+    blocks: list[Block] = [] if head is None else [head]
+    return [*blocks, sections_lm.intro(store), *_method(store, st, ev, "", skip="model/")]
 
 
 def _unique_figure_names(sections: list[Section]) -> None:

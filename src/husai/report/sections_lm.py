@@ -224,13 +224,24 @@ class _Text:
     def snippet(self, row: int) -> str:
         doc = self.document[row]
         lo, hi = max(0, row - LEFT), min(self.n_rows, row + RIGHT + 1)
-        parts = []
-        for r in range(lo, hi):
-            if self.document[r] != doc:
-                continue
-            s = self.strings.get(int(self.token_ids[r]), "?").replace("\n", "⏎")
-            parts.append(f"«{s}»" if r == row else s)
-        return "".join(parts) if _joins(self.strings) else " ".join(parts)
+        rows = [r for r in range(lo, hi) if self.document[r] == doc]
+        tokens = [self.strings.get(int(self.token_ids[r]), "?") for r in rows]
+        return join_tokens(tokens, rows.index(row), _joins(self.strings))
+
+
+def join_tokens(tokens: list[str], mark: int, spaced: bool) -> str:
+    """Tokens as text, token ``mark`` in «...», line breaks as ⏎. ``spaced``: the tokens carry
+    their own spaces (byte-level BPE); else (WordPiece) words are joined by spaces and a
+    ``##`` piece continues the word before it."""
+    out = ""
+    for i, token in enumerate(tokens):
+        piece = token.replace("\n", "⏎")
+        glue = ""
+        if not spaced:
+            glue = "" if (piece.startswith("##") and i > 0) or not out else " "
+            piece = piece[2:] if piece.startswith("##") and len(piece) > 2 else piece
+        out += glue + (f"«{piece}»" if i == mark else piece)
+    return out
 
 
 def _joins(strings: dict[int, str]) -> bool:

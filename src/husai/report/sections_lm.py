@@ -138,7 +138,7 @@ def text_section(store: RunView) -> Section:
         if sub.empty:
             sec.add(Note(f"{a.hook}: no alive latent in latents.parquet."))
             continue
-        text = _Text.of(a)
+        text = _Text(a)
         for arch, grp in sub.groupby("arch", sort=True):
             sec.subsections.append(_arch_view(store, a.hook, str(arch), grp, text))
     return sec
@@ -197,10 +197,6 @@ class _Text:
         if self.strings is None:
             raise UserError(f"{act.path}: no tokens.json (extracted by an older husai)")
         self.n_rows = len(self.token_ids)
-
-    @classmethod
-    def of(cls, act: ActDir) -> _Text:
-        return cls(act)
 
     def top_rows(self, sae: Any, latents: list[int], n: int) -> dict[int, list[tuple[float, int]]]:
         """Per latent, its ``n`` largest codes (value, row) over every row, largest first."""

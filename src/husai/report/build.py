@@ -63,7 +63,10 @@ def build_report(
     if sections_lm.is_language_model(store):
         sections = build_lm_sections(store, st, ev)
         return write_report(
-            run_dir, title + f", {sections_lm.describe(store)}", _lm_intro(store, st, ev), sections
+            run_dir,
+            title + f", {sections_lm.describe_source(store)}",
+            _lm_intro(store, st, ev),
+            sections,
         )
     sections = build_sections(store, st, ev)
     task = store.task()
@@ -121,7 +124,7 @@ def build_sections(store: RunView, st: float, ev: float) -> list[Section]:
 def build_lm_sections(store: RunView, st: float, ev: float) -> list[Section]:
     """A language-model study's sections: no ground truth, its features shown in text."""
     builders: list[tuple[str, str, Callable[[], Section]]] = [
-        ("1. The language model", "model", lambda: sections_lm.model_section(store)),
+        ("1. The language model", "model", lambda: sections_lm.lm_model_section(store)),
         ("3. Stability", "stability", lambda: stability_section(store, st, ev)),
         ("4. The verdict", "verdict", lambda: verdict_section(store, st, ev)[0]),
         ("5. Features in text", "text", lambda: _text_and_latents(store)),
@@ -217,7 +220,7 @@ def _lm_intro(store: RunView, st: float, ev: float) -> list[Block]:
         log.exception("report: the answer paragraph failed")
         head = None
     blocks: list[Block] = [] if head is None else [head]
-    return [*blocks, sections_lm.intro(store), *_method(store, st, ev, "", skip="model/")]
+    return [*blocks, sections_lm.source_intro(store), *_method(store, st, ev, "", skip="model/")]
 
 
 def _unique_figure_names(sections: list[Section]) -> None:

@@ -49,7 +49,7 @@ def is_language_model(store: RunView) -> bool:
     return bool(store.acts) and all(a.meta.get("source") == "language_model" for a in store.acts)
 
 
-def describe(store: RunView) -> str:
+def describe_source(store: RunView) -> str:
     """``MiniLM layer 3 over 128,071 tokens of text`` for the title and the intro."""
     parts = []
     for a in store.acts:
@@ -60,14 +60,14 @@ def describe(store: RunView) -> str:
     return "; ".join(parts)
 
 
-def intro(store: RunView) -> Para:
+def source_intro(store: RunView) -> Para:
     return Para(
-        f"Language model: {describe(store)} (no task and no ground truth: stability is judged "
+        f"Language model: {describe_source(store)} (no task and no ground truth: stability is judged "
         f"against the random baselines alone; loss recovered is not measured). {PUBLISHED}"
     )
 
 
-def model_section(store: RunView) -> Section:
+def lm_model_section(store: RunView) -> Section:
     """Section 1: the model read and its activations, per activation directory."""
     sec = Section("1. The language model and its activations", "model")
     rows = []

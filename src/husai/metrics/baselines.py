@@ -34,7 +34,6 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,13 @@ from torch import Tensor
 
 from husai.io import atomic_write_json
 from husai.metrics.similarity import mmcs, pw_mcc, shared_fraction
-from husai.metrics.subspace import span_overlap, subspace_overlap
+from husai.metrics.subspace import (
+    row_basis,
+    span_overlap,
+    span_overlap_of_bases,
+    subspace_overlap,
+    subspace_overlap_of_bases,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +164,10 @@ def default_trials(n_a: int, n_b: int) -> int:
     return int(min(32, max(4, 2e7 // max(1, n_a * n_b))))
 
 
+MetricSpec = tuple[str, dict[str, Any]]
+"""A metric of :data:`RANDOM_METRICS` and its parameters, e.g. ``("subspace_overlap", {"r": 8})``."""
+
+
 def random_unit_baseline(
     metric: str,
     n_a: int,
@@ -175,37 +184,97 @@ def random_unit_baseline(
     Trial ``t`` draws set A then set B (then encoders, where used) from
     ``torch.Generator().manual_seed(seed * 100003 + t)``.
     """
-    if metric not in RANDOM_METRICS:
-        raise ValueError(f"metric: expected one of {sorted(RANDOM_METRICS)}, got {metric!r}")
+    return random_unit_baseline_many([(metric, params)], n_a, n_b, d, trials, seed)[0]
+
+
+def random_unit_baseline_many(
+    specs: list[MetricSpec],
+    n_a: int,
+    n_b: int,
+    d: int,
+    trials: int | None = None,
+    seed: int = 0,
+) -> list[tuple[float, float]]:
+    """:func:`random_unit_baseline` of every spec, the uncached ones from one set of draws.
+
+    Every trial's pair is drawn once for all specs (:func:`draw_metric_many`); each
+    result equals, and is cached as, the single-metric one.
+    """
+    check_specs(specs)
     trials = default_trials(n_a, n_b) if trials is None else int(trials)
-    key = json.dumps([metric, n_a, n_b, d, trials, seed, sorted(params.items())])
-    return _cached_baseline(key)
+    keys = [json.dumps([m, n_a, n_b, d, trials, seed, sorted(p.items())]) for m, p in specs]
+    return sampled_baselines(_RANDOM_UNIT, keys, specs, (n_a, n_b), sphere_sampler(d), trials, seed)
+
+
+def sampled_baselines(
+    cache: BaselineCache,
+    keys: list[str],
+    specs: list[MetricSpec],
+    n: tuple[int, int],
+    sampler: Sampler,
+    trials: int,
+    seed: int,
+) -> list[tuple[float, float]]:
+    """Each spec's cached (mean, std), the missing ones from one Monte Carlo of ``sampler``."""
+
+    def compute(idx: list[int]) -> list[tuple[float, float]]:
+        todo = [specs[i] for i in idx]
+        return monte_carlo_many(
+            lambda gen: draw_metric_many(todo, n[0], n[1], sampler, gen), trials, seed, len(todo)
+        )
+
+    return cache.get_many(keys, compute)
 
 
 def monte_carlo(
     fn: Callable[[torch.Generator], float], trials: int, seed: int
 ) -> tuple[float, float]:
     """(mean, std) of ``fn(generator)`` over ``trials`` seeded generators."""
-    vals = [fn(torch.Generator().manual_seed(seed * 100003 + t)) for t in range(trials)]
-    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    return float(np.mean(vals)), std
+    return monte_carlo_many(lambda gen: [fn(gen)], trials, seed, 1)[0]
 
 
-@lru_cache(maxsize=512)
-def _cached_baseline(key: str) -> tuple[float, float]:
-    metric, n_a, n_b, d, trials, seed, params = json.loads(key)
-    cached = disk_get(key)
-    if cached is not None:
-        return cached
-    sampler = sphere_sampler(d)
-    kw = dict(params)
+def monte_carlo_many(
+    fn: Callable[[torch.Generator], list[float]], trials: int, seed: int, width: int
+) -> list[tuple[float, float]]:
+    """(mean, std) of each of the ``width`` values of ``fn(generator)``, as :func:`monte_carlo`."""
+    rows = [fn(torch.Generator().manual_seed(seed * 100003 + t)) for t in range(trials)]
+    out = []
+    for k in range(width):
+        vals = [row[k] for row in rows]
+        std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        out.append((float(np.mean(vals)), std))
+    return out
 
-    def one(gen: torch.Generator) -> float:
-        return draw_metric(metric, n_a, n_b, sampler, gen, **kw)
 
-    result = monte_carlo(one, trials, seed)
-    disk_put(key, result)
-    return result
+class BaselineCache:
+    """Monte Carlo (mean, std) by key: in memory (cleared when full), then on disk."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._items: dict[str, tuple[float, float]] = {}
+
+    def get_many(
+        self, keys: list[str], compute: Callable[[list[int]], list[tuple[float, float]]]
+    ) -> list[tuple[float, float]]:
+        """The values of ``keys``; ``compute(indices)`` gives those in neither cache, at once."""
+        found = {k: self._items.get(k) or disk_get(k) for k in keys}
+        missing = [i for i, k in enumerate(keys) if found[k] is None and keys.index(k) == i]
+        if missing:
+            for i, value in zip(missing, compute(missing), strict=True):
+                disk_put(keys[i], value)
+                found[keys[i]] = value
+        for key in keys:
+            if key not in self._items and len(self._items) >= self.max_items:
+                self._items.clear()
+            self._items[key] = found[key]
+        return [found[k] for k in keys]
+
+    def clear(self) -> None:
+        """Forget what is in memory (the disk cache stays)."""
+        self._items.clear()
+
+
+_RANDOM_UNIT = BaselineCache(512)
 
 
 def disk_get(key: str) -> tuple[float, float] | None:
@@ -256,17 +325,42 @@ def sphere_sampler(d: int) -> Sampler:
     return lambda n, gen: random_unit(n, d, gen)
 
 
+def check_specs(specs: list[MetricSpec]) -> None:
+    """A ValueError naming the first metric that has no random baseline."""
+    for metric, _ in specs:
+        if metric not in RANDOM_METRICS:
+            raise ValueError(f"metric: expected one of {sorted(RANDOM_METRICS)}, got {metric!r}")
+
+
 def draw_metric(
     metric: str, n_a: int, n_b: int, sampler: Sampler, gen: torch.Generator, **params: Any
 ) -> float:
     """``metric`` on one random pair: set A, then set B (then encoders A, B), from ``sampler``."""
-    if metric not in RANDOM_METRICS:
-        raise ValueError(f"metric: expected one of {sorted(RANDOM_METRICS)}, got {metric!r}")
+    return draw_metric_many([(metric, params)], n_a, n_b, sampler, gen)[0]
+
+
+def draw_metric_many(
+    specs: list[MetricSpec], n_a: int, n_b: int, sampler: Sampler, gen: torch.Generator
+) -> list[float]:
+    """Every spec on one random pair, drawn as in :func:`draw_metric`.
+
+    The subspace metrics (:data:`BASIS_METRICS`) share one SVD of each set.
+    """
+    check_specs(specs)
     dec_a, dec_b = sampler(n_a, gen), sampler(n_b, gen)
-    if metric in ENCODER_METRICS:
-        enc_a, enc_b = sampler(n_a, gen), sampler(n_b, gen)
-        return RANDOM_METRICS[metric](dec_a, dec_b, enc_a, enc_b, **params)
-    return RANDOM_METRICS[metric](dec_a, dec_b, **params)
+    enc: tuple[Tensor, ...] = ()
+    if any(metric in ENCODER_METRICS for metric, _ in specs):
+        enc = (sampler(n_a, gen), sampler(n_b, gen))
+    bases: tuple[Tensor, Tensor] | None = None
+    out = []
+    for metric, params in specs:
+        if metric in BASIS_METRICS:
+            bases = bases or (row_basis(dec_a), row_basis(dec_b))
+            out.append(BASIS_METRICS[metric](*bases, **params))
+        else:
+            args = enc if metric in ENCODER_METRICS else ()
+            out.append(RANDOM_METRICS[metric](dec_a, dec_b, *args, **params))
+    return out
 
 
 def _pw_mcc_abs(a: Tensor, b: Tensor) -> float:
@@ -289,3 +383,8 @@ RANDOM_METRICS: dict[str, Callable[..., float]] = {
 """Metrics with a Monte Carlo random baseline: name -> fn(set_a, set_b, **params)."""
 ENCODER_METRICS = frozenset({"shared_fraction"})
 """Metrics that also take random encoders (drawn after the decoders, from the same sampler)."""
+BASIS_METRICS: dict[str, Callable[..., float]] = {
+    "subspace_overlap": subspace_overlap_of_bases,
+    "span_overlap": span_overlap_of_bases,
+}
+"""Metrics of :data:`RANDOM_METRICS` computed from the sets' :func:`row_basis` bases."""

@@ -40,22 +40,20 @@ from jaxtyping import Float
 from torch import Tensor
 
 from husai.metrics.baselines import (
-    RANDOM_METRICS,
+    BaselineCache,
+    MetricSpec,
     Sampler,
+    check_specs,
     default_trials,
-    disk_get,
-    disk_put,
-    draw_metric,
-    monte_carlo,
     random_unit,
+    sampled_baselines,
 )
 from husai.metrics.ground_truth import plane_coverage
 
 DATA_KINDS = ("subspace", "acts")
 """The data-aware baseline kinds, as named in tables (``baseline_<kind>``)."""
 VARIANCE_SHARE = 0.95
-_MEMO_MAX = 8192
-_MEMO: dict[str, tuple[float, float]] = {}
+_CACHE = BaselineCache(8192)
 _REFS_MAX = 4
 _REFS: dict[str, DataReference] = {}
 
@@ -164,28 +162,30 @@ def data_baseline(
     so the counts are put in ascending order first: (a, b) and (b, a) share one estimate.
     NaN when the kind is undefined for these activations (no variance, no usable row).
     """
+    return data_baseline_many([(metric, params)], kind, n_a, n_b, ref, trials, seed)[0]
+
+
+def data_baseline_many(
+    specs: list[MetricSpec],
+    kind: str,
+    n_a: int,
+    n_b: int,
+    ref: DataReference,
+    trials: int | None = None,
+    seed: int = 0,
+) -> list[tuple[float, float]]:
+    """:func:`data_baseline` of every spec, the uncached ones from one set of draws."""
     if kind not in SAMPLERS:
         raise ValueError(f"kind: expected one of {sorted(SAMPLERS)}, got {kind!r}")
-    if metric not in RANDOM_METRICS:
-        raise ValueError(f"metric: expected one of {sorted(RANDOM_METRICS)}, got {metric!r}")
+    check_specs(specs)
     if (ref.rank if kind == "subspace" else ref.rows.shape[0]) == 0:
-        return float("nan"), float("nan")
+        return [(float("nan"), float("nan"))] * len(specs)
     trials = default_trials(n_a, n_b) if trials is None else int(trials)
     n_a, n_b = sorted((int(n_a), int(n_b)))
-    key = json.dumps([kind, ref.key, metric, n_a, n_b, trials, seed, sorted(params.items())])
-    if key in _MEMO:
-        return _MEMO[key]
-    result = disk_get(key)
-    if result is None:
-        sampler = SAMPLERS[kind](ref)
-        result = monte_carlo(
-            lambda gen: draw_metric(metric, n_a, n_b, sampler, gen, **params), trials, seed
-        )
-        disk_put(key, result)
-    if len(_MEMO) >= _MEMO_MAX:
-        _MEMO.clear()
-    _MEMO[key] = result
-    return result
+    keys = [
+        json.dumps([kind, ref.key, m, n_a, n_b, trials, seed, sorted(p.items())]) for m, p in specs
+    ]
+    return sampled_baselines(_CACHE, keys, specs, (n_a, n_b), SAMPLERS[kind](ref), trials, seed)
 
 
 def data_baselines(
@@ -198,12 +198,24 @@ def data_baselines(
     **params: Any,
 ) -> dict[str, float]:
     """``{kind: mean}`` for every data-aware kind (empty without a reference)."""
+    return data_baselines_many([(metric, params)], n_a, n_b, ref, trials, seed)[0]
+
+
+def data_baselines_many(
+    specs: list[MetricSpec],
+    n_a: int,
+    n_b: int,
+    ref: DataReference | None,
+    trials: int | None = None,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """:func:`data_baselines` of every spec, each kind's draws shared by all specs."""
     if ref is None:
-        return {}
-    return {
-        kind: data_baseline(metric, kind, n_a, n_b, ref, trials, seed, **params)[0]
-        for kind in DATA_KINDS
+        return [{} for _ in specs]
+    by_kind = {
+        kind: data_baseline_many(specs, kind, n_a, n_b, ref, trials, seed) for kind in DATA_KINDS
     }
+    return [{kind: by_kind[kind][i][0] for kind in DATA_KINDS} for i in range(len(specs))]
 
 
 def weighted_mean(values_P: Any, weights_P: Any) -> float:

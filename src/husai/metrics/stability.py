@@ -37,15 +37,21 @@ from __future__ import annotations
 
 import logging
 from itertools import combinations
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from husai.metrics.baselines import MetricValue, metric_value, monte_carlo, random_unit_baseline
+from husai.metrics.baselines import (
+    MetricSpec,
+    MetricValue,
+    metric_value,
+    monte_carlo,
+    random_unit_baseline_many,
+)
 from husai.metrics.bootstrap import seed_bootstrap_ci
-from husai.metrics.data_baselines import DataReference, data_baselines
+from husai.metrics.data_baselines import DataReference, data_baselines_many
 from husai.metrics.inputs import alive_from_codes, as_decoder, as_encoder, as_mask
 from husai.metrics.matching import match
 from husai.metrics.similarity import (
@@ -54,7 +60,12 @@ from husai.metrics.similarity import (
     pw_mcc,
     shared_fraction,
 )
-from husai.metrics.subspace import default_ranks, span_overlap, subspace_overlap
+from husai.metrics.subspace import (
+    cached_row_basis,
+    default_ranks,
+    span_overlap_of_bases,
+    subspace_overlap_of_bases,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +139,14 @@ def stability_pair(
     return out
 
 
+class _Base(NamedTuple):
+    """The random baselines of one metric: unit sphere (mean, std) and data-aware means."""
+
+    mean: float | None = None
+    std: float | None = None
+    data: dict[str, float] | None = None
+
+
 class _Ctx:
     """Shared baseline settings of one ``stability_pair`` call."""
 
@@ -136,6 +155,17 @@ class _Ctx:
     ) -> None:
         self.baselines, self.trials, self.seed, self.d = baselines, trials, seed, d
         self.data = data
+
+    def base(
+        self, specs: list[MetricSpec], n: tuple[int, int], data_ok: bool = True
+    ) -> list[_Base]:
+        """The baselines of every spec; specs asked together share their random draws."""
+        if not self.baselines:
+            return [_Base() for _ in specs]
+        unit = random_unit_baseline_many(specs, n[0], n[1], self.d, self.trials, self.seed)
+        ref = self.data if data_ok else None
+        data = data_baselines_many(specs, n[0], n[1], ref, self.trials, self.seed)
+        return [_Base(mean, std, dd) for (mean, std), dd in zip(unit, data, strict=True)]
 
     def value(
         self,
@@ -148,24 +178,18 @@ class _Ctx:
         dead_included: bool = True,
         note: str = "",
         data_ok: bool = True,
+        base: _Base | None = None,
         **params: Any,
     ) -> MetricValue:
-        mean = std = None
-        data: dict[str, float] = {}
-        if self.baselines:
-            metric = base_metric or name
-            mean, std = random_unit_baseline(
-                metric, n[0], n[1], self.d, self.trials, self.seed, **params
-            )
-            if data_ok:
-                data = data_baselines(
-                    metric, n[0], n[1], self.data, self.trials, self.seed, **params
-                )
+        """``value`` as a MetricValue; ``base`` (else computed from the metric and params)."""
+        if base is None:
+            base = self.base([(base_metric or name, params)], n, data_ok)[0]
+        data = base.data or {}
         return metric_value(
             name,
             value,
-            mean,
-            baseline_std=std,
+            base.mean,
+            baseline_std=base.std,
             baseline_init=init,
             n_latents=n,
             dead_included=dead_included,
@@ -283,34 +307,33 @@ def _activation(ctx: _Ctx, codes_a: Tensor, codes_b: Tensor) -> MetricValue:
 def _subspaces(
     ctx: _Ctx, dec_a, dec_b, init_a, init_b, ranks: list[int] | None
 ) -> dict[str, MetricValue]:
+    """Subspace overlap at every rank and span overlap: one SVD per decoder, shared draws."""
     n = (dec_a.shape[0], dec_b.shape[0])
     ranks = default_ranks(ctx.d, *n) if ranks is None else ranks
+    q = cached_row_basis(dec_a), cached_row_basis(dec_b)
+    q_init = None
+    if init_a is not None and init_b is not None:
+        q_init = cached_row_basis(as_decoder(init_a)), cached_row_basis(as_decoder(init_b))
+    specs: list[MetricSpec] = [("subspace_overlap", {"r": r}) for r in ranks]
+    *bases, span_base = ctx.base([*specs, ("span_overlap", {})], n)
     out = {}
-    for r in ranks:
-        init = None
-        if init_a is not None and init_b is not None:
-            init = subspace_overlap(as_decoder(init_a), as_decoder(init_b), r=r)
-        mv = ctx.value(
-            f"subspace_overlap_r{r}",
-            subspace_overlap(dec_a, dec_b, r=r),
-            n,
-            init,
-            base_metric="subspace_overlap",
-            note=f"top-{r} principal subspaces",
-            r=r,
-        )
+    for r, base in zip(ranks, bases, strict=True):
+        init = None if q_init is None else subspace_overlap_of_bases(*q_init, r)
+        value = subspace_overlap_of_bases(*q, r)
+        note = f"top-{r} principal subspaces"
+        mv = ctx.value(f"subspace_overlap_r{r}", value, n, init, note=note, base=base)
         out[mv.name] = mv
     if ranks:
         r0 = 16 if 16 in ranks else ranks[0]
         main = out[f"subspace_overlap_r{r0}"]
         out["subspace_overlap"] = MetricValue(**{**main.__dict__, "name": "subspace_overlap"})
-    init = _init_value(span_overlap, init_a, init_b)
     out["span_overlap"] = ctx.value(
         "span_overlap",
-        span_overlap(dec_a, dec_b),
+        span_overlap_of_bases(*q),
         n,
-        init,
+        None if q_init is None else span_overlap_of_bases(*q_init),
         note="mean cos^2 of principal angles between decoder spans (1 if both span R^d)",
+        base=span_base,
     )
     return out
 

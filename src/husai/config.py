@@ -388,6 +388,23 @@ class LanguageModelSource(FrozenConfig):
     """Windows per forward pass during extraction."""
 
 
+class ConsensusStudyConfig(FrozenConfig):
+    """A consensus SAE per configuration, built from its seeds after the units
+    (:mod:`husai.experiments.consensus_step`, the same step as ``husai consensus``)."""
+
+    min_seeds: Annotated[int, Field(ge=1)]
+    """Keep clusters of decoder rows that hold latents of at least this many seeds."""
+    tau: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Decoder cosine that joins two latents in a cluster (None: ``metrics.shared_tau``)."""
+    fit_steps: Annotated[int, Field(ge=1)] = 500
+    """Steps of the encoder fit (TopK at the seeds' mean L0, rounded; decoder fixed)."""
+    fit_lr: Annotated[float, Field(gt=0)] = 0.01
+    """Adam learning rate of the encoder fit (0.01 fits in 500 steps what 1e-3 does in 2000)."""
+    split: bool = True
+    """Also build consensus decoders from two disjoint halves of the seeds (needs >= 4 seeds)
+    and measure how well the two agree."""
+
+
 class StudyConfig(FrozenConfig):
     """A study: the base experiment (task, model, SAE training) plus a grid of SAE configurations.
 
@@ -413,6 +430,8 @@ class StudyConfig(FrozenConfig):
     metrics: StudyMetricsConfig = StudyMetricsConfig()
     report: ReportConfig = ReportConfig()
     tracking: TrackingConfig = TrackingConfig()
+    consensus: ConsensusStudyConfig | None = None
+    """Build a consensus SAE per configuration (None: none)."""
 
     @field_validator("grid", mode="before")
     @classmethod
@@ -439,6 +458,19 @@ class StudyConfig(FrozenConfig):
             if list(grid.checkpoints) != ["final"]:
                 raise ValueError(
                     f"grid.checkpoints: a language model has only 'final', got {list(grid.checkpoints)}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _consensus_has_the_seeds(self) -> StudyConfig:
+        if self.consensus is None:
+            return self
+        for g_idx, grid in enumerate(self.grids):
+            seeds = grid.sae_train.get("init_seeds", self.sae_train.init_seeds)
+            if self.consensus.min_seeds > len(seeds):
+                raise ValueError(
+                    f"consensus.min_seeds: expected at most {len(seeds)} (the seeds of grid.{g_idx}), "
+                    f"got {self.consensus.min_seeds}"
                 )
         return self
 

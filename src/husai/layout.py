@@ -13,6 +13,8 @@ drift apart. Nothing in this module touches the disk.
     <root>/units/<unit_id>/saes/<sae_id>/          SAELens files + eval.json
     <root>/<table>.parquet             one per name in TABLES
     <root>/latents.parquet             LATENTS: one row per latent of every SAE
+    <root>/consensus/<unit_id>/<sparsity>/all/   a configuration's consensus SAE (SAELens)
+    <root>/consensus.parquet           CONSENSUS: one row per configuration
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ TABLES = ("results", "pairs", "summary", "dynamics")
 LATENTS = "latents"
 """The per-latent table, written beside TABLES but not in them: it grows with every
 latent, so the report's latents section reads it alone, not every page's ``RunView``."""
+
+CONSENSUS = "consensus"
+"""The consensus step's folder and table (``consensus.parquet``), present only when the
+study asks for it (``husai.experiments.consensus_step``)."""
 
 UNITS = "units"
 ACTIVATIONS = "activations"
@@ -50,6 +56,22 @@ def sae_dir(root: Path, unit_id: str, sae_id: str) -> Path:
 def sae_dir_in(unit_path: Path, sae_id: str) -> Path:
     """An SAE's folder inside a unit folder (also a unit's staging folder)."""
     return Path(unit_path) / SAES / str(sae_id)
+
+
+def sae_id(sparsity_name: str, sparsity: float, seed: int) -> str:
+    """One SAE's id among its group's: ``<knob><value>-seed<seed>``, e.g. ``k16-seed0``.
+
+    The only SAE naming scheme: a unit's ``saes/<sae_id>/`` and the tables' ``sae_id``
+    column use it as is; ``husai train-saes``, which writes several groups into one folder,
+    puts the group in front (``topk_w512_k16-seed0``). In both, ``rsplit("-seed", 1)[0]``
+    leaves the configuration's tag (the same SAE but for its seed).
+    """
+    return f"{sparsity_name}{sparsity:g}-seed{seed}"
+
+
+def consensus_dir(root: Path, unit_id: str, sparsity_tag: str) -> Path:
+    """A configuration's consensus SAEs (``sparsity_tag``: its SAE ids without ``-seed<s>``)."""
+    return Path(root) / CONSENSUS / str(unit_id) / sparsity_tag
 
 
 def activations_dir(root: Path, checkpoint: str, hook_slug: str) -> Path:

@@ -42,6 +42,7 @@ from husai import layout
 from husai.activations import extract_to_dirs, hook_slug, load_activations
 from husai.config import StudyConfig, language_model_layer
 from husai.errors import DiskFullError, RunInterrupted, UserError
+from husai.experiments.consensus_step import run_consensus
 from husai.experiments.executors import run_local, run_ray
 from husai.experiments.grid import Unit, estimate_cost, expand_grid
 from husai.experiments.provenance import provenance
@@ -142,6 +143,7 @@ def _run(
     console.print("[bold]stage 4/5[/] tables")
     records = store.records()
     build_tables(records, store.root, bootstrap=study.metrics.bootstrap)
+    run_consensus(study, store.root, records, acts_dirs, console)
     failures = [
         {"unit_id": r["unit_id"], "error": r["error"]} for r in records if r["status"] != "ok"
     ]

@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 CONSENSUS_FILE = "consensus.json"
 
 
+class NoClusterKept(UserError):
+    """No cluster holds latents of ``min_seeds`` SAEs: there is no consensus to build."""
+
+
 @dataclass(frozen=True)
 class ConsensusResult:
     """What :func:`build_consensus` wrote and measured."""
@@ -135,7 +139,7 @@ def build_consensus(
     clusters = cluster_latents(decoders, tau)
     W_dec_CD, kept = consensus_decoder(decoders, clusters, min_seeds)
     if not kept:
-        raise UserError(
+        raise NoClusterKept(
             f"consensus: no cluster holds latents of >= {min_seeds} of the {n} SAEs at tau "
             f"{tau:g} (the largest holds {int(clusters.support.max())}); lower --min-seeds or --tau"
         )

@@ -29,6 +29,7 @@ from husai.report.render import (
     render_html,
     render_markdown,
 )
+from husai.report.sections_consensus import consensus_section, has_consensus
 from husai.report.sections_gt import geometry_section, ground_truth_section
 from husai.report.sections_latents import latents_section
 from husai.report.sections_levels import levels_section, levels_table
@@ -118,7 +119,9 @@ def build_sections(store: RunView, st: float, ev: float) -> list[Section]:
         ("8. Guidelines", "guidelines", lambda: guidelines_section(store, st, ev)),
         ("9. Failures and provenance", "failures", lambda: failures_section(store)),
     ]
-    return [_safe(title, anchor, fn) for title, anchor, fn in builders]
+    return sections_lm.renumber(
+        [_safe(title, anchor, fn) for title, anchor, fn in _with_consensus(store, builders, st, ev)]
+    )
 
 
 def build_lm_sections(store: RunView, st: float, ev: float) -> list[Section]:
@@ -132,7 +135,20 @@ def build_lm_sections(store: RunView, st: float, ev: float) -> list[Section]:
         ("7. Guidelines", "guidelines", lambda: guidelines_section(store, st, ev)),
         ("8. Failures and provenance", "failures", lambda: failures_section(store)),
     ]
+    builders = _with_consensus(store, builders, st, ev)
     return sections_lm.renumber([_safe(title, anchor, fn) for title, anchor, fn in builders])
+
+
+Builders = list[tuple[str, str, Callable[[], Section]]]
+
+
+def _with_consensus(store: RunView, builders: Builders, st: float, ev: float) -> Builders:
+    """The consensus section (when the study built one) before the guidelines."""
+    if not has_consensus(store):
+        return builders
+    at = next(i for i, b in enumerate(builders) if b[1] == "guidelines")
+    section = ("0. Stable features by construction", "consensus")
+    return [*builders[:at], (*section, lambda: consensus_section(store, st, ev)), *builders[at:]]
 
 
 def _text_and_latents(store: RunView) -> Section:

@@ -434,3 +434,23 @@ def dynamics(panels: list[tuple[str, Any]], metric_label: str) -> bytes:
         a.grid(alpha=0.3)
         a.legend(fontsize=6)
     return to_png(fig)
+
+
+def paired_scatter(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, xlabel: str, ylabel: str
+) -> bytes:
+    """``y`` against ``x``, one colour per group label, with the diagonal y = x."""
+    fig, ax = _figure(5.5, 5.0)
+    a = ax[0, 0]
+    keep = np.isfinite(x) & np.isfinite(y)
+    names = sorted(set(groups[keep].tolist()))
+    for color, name in zip(_colors(len(names)), names, strict=True):
+        sel = keep & (groups == name)
+        a.scatter(x[sel], y[sel], s=18, color=color, label=str(name))
+    lo = float(min(np.min(x[keep]), np.min(y[keep]), 0.0)) if keep.any() else 0.0
+    a.plot([lo, 1.0], [lo, 1.0], color="0.6", lw=1)
+    a.set(xlabel=xlabel, ylabel=ylabel, xlim=(lo, 1.02), ylim=(lo, 1.02))
+    a.grid(alpha=0.3)
+    if names:
+        a.legend(fontsize=7)
+    return to_png(fig)

@@ -59,6 +59,7 @@ from husai.metrics.data_baselines import (
 from husai.metrics.ground_truth import latent_purity
 from husai.metrics.matching import unit_rows
 from husai.metrics.trust import best_partners, stability
+from husai.saes.io import save_member
 
 log = logging.getLogger(__name__)
 
@@ -167,16 +168,16 @@ def _measure_sae(
 ) -> tuple[dict[str, Any], Tensor, Tensor, Any]:
     """Evaluation, loss recovered and ground truth for model ``idx``; its files as bytes.
 
-    Returns the record, its codes on all rows, its alive mask and the SAE as saved."""
-    from husai.saes import evaluate, load_sae, save_sae
+    Returns the record, its codes on all rows, its alive mask and the SAE as saved. The
+    SAE's id is its folder's name from :func:`husai.saes.io.save_member`, as train-saes'."""
+    from husai.saes import evaluate, load_sae
 
     unit, (cfg, seed) = payload.unit, member
     sparsity = float(getattr(cfg, unit.sparsity_name))
-    sae_id = f"{unit.sparsity_name}{sparsity:g}-seed{seed}"
     model_cfg = payload.model_cfg
     with tempfile.TemporaryDirectory() as tmp:
-        save_sae(
-            Path(tmp) / "sae",
+        sae_dir = save_member(
+            tmp,
             group,
             idx,
             hook_name=unit.hook,
@@ -184,10 +185,8 @@ def _measure_sae(
             context_size=model_cfg.task.n_ctx if model_cfg is not None else None,
             extra={"checkpoint": unit.checkpoint},
         )
-        single = load_sae(Path(tmp) / "sae")
-        files = {
-            p.name: p.read_bytes() for p in sorted((Path(tmp) / "sae").iterdir()) if p.is_file()
-        }
+        sae_id, single = sae_dir.name, load_sae(sae_dir)
+        files = {p.name: p.read_bytes() for p in sorted(sae_dir.iterdir()) if p.is_file()}
     ev = evaluate(single, payload.acts_ND)
     alive_S = ev.pop("alive_mask")
     with torch.no_grad():

@@ -2,7 +2,10 @@
 
 :func:`train_saes_from_config` trains ``cfg.sae`` for every seed in
 ``cfg.sae_train.init_seeds`` on one activation directory and writes, under
-``out_parent``, one SAELens-format directory per SAE (with ``eval.json``), plus
+``out_parent``, one SAELens-format directory per SAE (with ``eval.json``), named
+``<group_id>_<sae_id>`` (e.g. ``topk_w512_k16-seed0``: the study's SAE id of
+:func:`husai.layout.sae_id` behind the group, since several groups may share
+``out_parent``; saved by :func:`husai.saes.io.save_member`, as study units are), plus
 ``group_<id>.json`` (members, steps, convergence, history) and
 ``snapshots_<id>.safetensors`` (W_dec [N, d_sae, d_in] per snapshot step). A
 checkpoint directory ``.checkpoint_<id>`` makes an interrupted run resumable.
@@ -20,7 +23,7 @@ from husai.config import ExperimentConfig
 from husai.errors import UserError
 from husai.io import atomic_save_safetensors, atomic_write_json, load_safetensors
 from husai.saes.evaluate import evaluate
-from husai.saes.io import save_sae
+from husai.saes.io import save_member
 from husai.saes.trainer import GroupResult, train_group
 
 log = logging.getLogger(__name__)
@@ -44,13 +47,8 @@ def read_activations(activations_dir: Path) -> tuple[Tensor, dict[str, Any]]:
 
 
 def group_id(cfg: Any) -> str:
+    """The group's tag in ``out_parent``: ``<arch>_w<d_sae>`` (e.g. ``topk_w512``)."""
     return f"{cfg.arch}_w{cfg.d_sae}"
-
-
-def sae_id(group: GroupResult, index: int) -> str:
-    cfg, seed = group.members[index]
-    name = group.sae.arch.sparsity_name
-    return f"{cfg.arch}_w{cfg.d_sae}_{name}{group.sae.arch.sparsity(cfg):g}_seed{seed}"
 
 
 def train_saes_from_config(
@@ -76,7 +74,7 @@ def train_saes_from_config(
     }
     dirs = []
     for i in range(group.sae.n_models):
-        path = save_sae(out_parent / sae_id(group, i), group, i, **source, extra=extra)
+        path = save_member(out_parent, group, i, **source, extra=extra, group_tag=gid)
         metrics = evaluate(group.sae, acts_ND, index=i)
         alive = metrics.pop("alive_mask")
         metrics |= {

@@ -21,6 +21,9 @@ SAELens skips the SAE), ``model_name`` (the name of the transformer's run),
 and drops the metadata). An SAE on a ``hook_z`` gets ``reshape_activations = "hook_z"``:
 SAELens then flattens (heads, d_head) as HUSAI does when it extracts those activations.
 
+Naming: :func:`save_member` saves one SAE of a trained group under the one SAE id
+(:func:`husai.layout.sae_id`); study units and ``husai train-saes`` both call it.
+
 Reading (:func:`load_sae`) accepts our directories and SAELens ones: inference
 configs ('standard', 'topk', 'jumprelu') and training saves ('batchtopk', whose
 scalar ``topk_threshold`` becomes a JumpReLU threshold). A foreign SAE loads as the
@@ -42,10 +45,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from husai import layout
 from husai.errors import UserError
 from husai.io import atomic_save_safetensors, atomic_write_json
 from husai.saes.base import BatchedSAE
 from husai.saes.registry import reading_saelens
+from husai.saes.trainer import GroupResult
 
 log = logging.getLogger(__name__)
 CFG_FILE = "cfg.json"
@@ -95,6 +100,38 @@ def save_sae(
         sae_dir / CFG_FILE, _cfg_dict(sae, group_or_sae, index, metadata, extra or {})
     )
     return sae_dir
+
+
+def save_member(
+    parent: str | Path,
+    group: GroupResult,
+    index: int,
+    *,
+    hook_name: str | None,
+    model_name: str | None,
+    context_size: int | None,
+    extra: dict[str, Any] | None = None,
+    group_tag: str | None = None,
+) -> Path:
+    """Save member ``index`` of a trained group as ``parent/<sae_id>`` (:func:`save_sae`).
+
+    Study units and ``husai train-saes`` both save through here, so an SAE is named one
+    way: :func:`husai.layout.sae_id` of its sparsity and seed (``k16-seed0``), behind
+    ``<group_tag>_`` where several groups share ``parent`` (train-saes:
+    ``topk_w512_k16-seed0``).
+    """
+    cfg, seed = group.members[index]
+    arch = group.sae.arch
+    name = layout.sae_id(arch.sparsity_name, arch.sparsity(cfg), seed)
+    return save_sae(
+        Path(parent) / (f"{group_tag}_{name}" if group_tag else name),
+        group,
+        index,
+        hook_name=hook_name,
+        model_name=model_name,
+        context_size=context_size,
+        extra=extra,
+    )
 
 
 def saelens_metadata(

@@ -392,8 +392,9 @@ class ConsensusStudyConfig(FrozenConfig):
     """A consensus SAE per configuration, built from its seeds after the units
     (:mod:`husai.experiments.consensus_step`, the same step as ``husai consensus``)."""
 
-    min_seeds: Annotated[int, Field(ge=1)]
-    """Keep clusters of decoder rows that hold latents of at least this many seeds."""
+    min_seeds: Annotated[int, Field(ge=2)]
+    """Keep clusters of decoder rows that hold latents of at least this many seeds (1 would
+    keep every latent of every seed: nothing stable by construction)."""
     tau: Annotated[float, Field(gt=0, le=1)] | None = None
     """Decoder cosine that joins two latents in a cluster (None: ``metrics.shared_tau``)."""
     fit_steps: Annotated[int, Field(ge=1)] = 500

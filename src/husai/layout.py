@@ -58,6 +58,11 @@ def sae_dir_in(unit_path: Path, sae_id: str) -> Path:
     return Path(unit_path) / SAES / str(sae_id)
 
 
+def config_tag(sparsity_name: str, sparsity: float) -> str:
+    """A configuration's tag among its unit's: ``<knob><value>``, e.g. ``k16``."""
+    return f"{sparsity_name}{float(sparsity):g}"
+
+
 def sae_id(sparsity_name: str, sparsity: float, seed: int) -> str:
     """One SAE's id among its group's: ``<knob><value>-seed<seed>``, e.g. ``k16-seed0``.
 
@@ -66,12 +71,12 @@ def sae_id(sparsity_name: str, sparsity: float, seed: int) -> str:
     puts the group in front (``topk_w512_k16-seed0``). In both, ``rsplit("-seed", 1)[0]``
     leaves the configuration's tag (the same SAE but for its seed).
     """
-    return f"{sparsity_name}{sparsity:g}-seed{seed}"
+    return f"{config_tag(sparsity_name, sparsity)}-seed{seed}"
 
 
-def consensus_dir(root: Path, unit_id: str, sparsity_tag: str) -> Path:
-    """A configuration's consensus SAEs (``sparsity_tag``: its SAE ids without ``-seed<s>``)."""
-    return Path(root) / CONSENSUS / str(unit_id) / sparsity_tag
+def consensus_dir(root: Path, unit_id: str, tag: str) -> Path:
+    """A configuration's consensus SAEs (``tag``: :func:`config_tag`)."""
+    return Path(root) / CONSENSUS / str(unit_id) / tag
 
 
 def activations_dir(root: Path, checkpoint: str, hook_slug: str) -> Path:

@@ -55,6 +55,7 @@ def test_one_row_per_configuration_matching_the_store(finished: tuple[Path, Path
     assert list(df.columns) == list(CONSENSUS_COLUMNS)
     assert sorted(df["group_id"]) == sorted(summary["group_id"].unique())
     results = pd.read_parquet(out / "results.parquet")
+    assert (df["n_kept"] > 0).any() and df["error"].isna().all()
     for r in df.itertuples():
         seeds = results[results["group_id"] == r.group_id]
         assert r.n_seeds == len(SEEDS) and r.min_seeds == 2 and r.split_min_seeds == 2
@@ -84,35 +85,83 @@ def test_split_agreement_is_pw_mcc_of_the_half_decoders(finished: tuple[Path, Pa
         assert np.isfinite(r.split_baseline_hardest) and 0 < r.split_baseline_hardest < 1
 
 
+def _plant(out: Path, root: Path, decoders: list[torch.Tensor | None]) -> tuple[list, str, dict]:
+    """A copy of the store whose first TopK group's seed i has decoder ``decoders[i]`` (None:
+    unchanged), its encoder and bias permuted alike; returns the records, group and weights."""
+    shutil.copytree(out, root)
+    rec = next(r for r in RunStore(root).records() if r["unit"]["arch"] == "topk")
+    group = rec["saes"][0]["group_id"]
+    saes = sorted((s for s in rec["saes"] if s["group_id"] == group), key=lambda s: s["seed"])
+    paths = [
+        layout.sae_dir(root, rec["unit_id"], s["sae_id"]) / "sae_weights.safetensors" for s in saes
+    ]
+    assert saes[0]["sae_id"] == "k2-seed0", saes[0]["sae_id"]
+    base = load_file(paths[0])
+    for path, dec in zip(paths, decoders, strict=True):
+        if dec is not None:
+            save_file({k: v.contiguous() for k, v in {**base, "W_dec": dec}.items()}, str(path))
+    return [{**rec, "saes": saes}], group, base
+
+
+def _consensus(study: Path, root: Path, records: list, *overrides: str) -> pd.DataFrame:
+    cfg = StudyConfig.from_yaml(study, list(overrides))
+    acts = {(c, h): layout.activations_dir(root, c, h) for c in cfg.checkpoints for h in cfg.hooks}
+    return run_consensus(cfg, root, records, acts).set_index("group_id")
+
+
+def _permuted(x: torch.Tensor, seed: int) -> torch.Tensor:
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))]
+
+
 def test_permuted_copies_keep_every_latent_and_agree_exactly(
     finished: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """Known answer: seeds 1-3 replaced by permuted copies of seed 0."""
+    """Known answer: seeds 1-3 are permuted copies of seed 0's decoder."""
     study, out = finished
-    root = tmp_path / "planted"
-    shutil.copytree(out, root)
-    records = RunStore(root).records()
-    rec = next(r for r in records if r["unit"]["arch"] == "topk")
-    group = rec["saes"][0]["group_id"]
-    saes = sorted((s for s in rec["saes"] if s["group_id"] == group), key=lambda s: s["seed"])
-    base = load_file(
-        layout.sae_dir(root, rec["unit_id"], saes[0]["sae_id"]) / "sae_weights.safetensors"
+    dec0 = load_file(next(out.rglob("k2-seed0/sae_weights.safetensors")))["W_dec"]
+    records, group, base = _plant(
+        out, tmp_path / "planted", [None] + [_permuted(dec0, i) for i in (1, 2, 3)]
     )
-    width = base["W_dec"].shape[0]
-    for i, sae in enumerate(saes[1:], start=1):
-        perm = torch.randperm(width, generator=torch.Generator().manual_seed(i))
-        weights = {**base, "W_dec": base["W_dec"][perm], "W_enc": base["W_enc"][:, perm]}
-        weights["b_enc"] = base["b_enc"][perm]
-        path = layout.sae_dir(root, rec["unit_id"], sae["sae_id"]) / "sae_weights.safetensors"
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
-    cfg = StudyConfig.from_yaml(study, ["consensus.min_seeds=4"])
-    acts = {(c, h): layout.activations_dir(root, c, h) for c in cfg.checkpoints for h in cfg.hooks}
-    df = run_consensus(cfg, root, [{**rec, "saes": saes}], acts)
-    row = df.set_index("group_id").loc[group]
+    assert torch.equal(base["W_dec"], dec0)
+    row = _consensus(study, tmp_path / "planted", records, "consensus.min_seeds=4").loc[group]
+    width = len(dec0)
     assert row["n_kept"] == width and row["split_kept_a"] == row["split_kept_b"] == width
-    dec = load_sae(_dir(root, group, "all")).W_dec
-    assert pw_mcc(dec, base["W_dec"]) == pytest.approx(1.0, abs=1e-6)
+    dec = load_sae(_dir(tmp_path / "planted", group, "all")).W_dec
+    assert pw_mcc(dec, dec0) == pytest.approx(1.0, abs=1e-6)
     assert row["split_pw_mcc"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_halves_of_two_dictionaries_compare_as_those_dictionaries(
+    finished: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Known answer: seeds 0-1 hold dictionary A, seeds 2-3 A rotated by a random orthogonal
+    Q. The halves are A and AQ, so their PW-MCC is pw_mcc(A, AQ); no direction is in 3 seeds,
+    so the full consensus keeps nothing (a row of NaNs, not an error)."""
+    study, out = finished
+    a = load_file(next(out.rglob("k2-seed0/sae_weights.safetensors")))["W_dec"]
+    q, _ = torch.linalg.qr(
+        torch.randn(a.shape[1], a.shape[1], generator=torch.Generator().manual_seed(0))
+    )
+    aq = a @ q
+    decs = [a, _permuted(a, 1), aq, _permuted(aq, 2)]
+    records, group, _ = _plant(out, tmp_path / "planted", decs)
+    row = _consensus(study, tmp_path / "planted", records, "consensus.min_seeds=3").loc[group]
+    assert row["n_kept"] == 0 and pd.isna(row["k"]) and np.isnan(row["explained_variance"])
+    assert row["split_min_seeds"] == 2 and row["split_kept_a"] == row["split_kept_b"] == len(a)
+    assert row["split_pw_mcc"] == pytest.approx(pw_mcc(a, aq), abs=1e-6)
+    assert row["split_pw_mcc"] < 0.9  # a random rotation is not a relabelling
+
+
+def test_a_broken_seed_sae_is_an_error_row_not_a_failed_study(
+    finished: tuple[Path, Path], tmp_path: Path
+) -> None:
+    study, out = finished
+    a = load_file(next(out.rglob("k2-seed0/sae_weights.safetensors")))["W_dec"]
+    records, group, _ = _plant(
+        out, tmp_path / "planted", [None, torch.full_like(a, float("nan")), None, None]
+    )
+    df = _consensus(study, tmp_path / "planted", records)
+    assert df.loc[group, "n_kept"] == 0 and "NaN" in df.loc[group, "error"]
 
 
 def test_rerun_reuses_consensus_and_the_report_has_the_section(finished: tuple[Path, Path]) -> None:
@@ -145,21 +194,23 @@ def test_a_rerun_without_the_option_drops_the_table(
     assert "Stable features by construction" not in (root / "report.md").read_text()
 
 
-def test_min_seeds_above_the_seeds_is_one_config_error(tmp_path: Path) -> None:
-    path = _study(tmp_path, consensus={"min_seeds": 5})
+@pytest.mark.parametrize(
+    ("min_seeds", "expected"), [(5, "at most 4"), (1, "greater than or equal to 2")]
+)
+def test_a_bad_min_seeds_is_one_config_error(tmp_path: Path, min_seeds: int, expected: str) -> None:
+    path = _study(tmp_path, consensus={"min_seeds": min_seeds})
     with pytest.raises(ConfigError) as err:
         StudyConfig.from_yaml(path)
     msg = str(err.value)
-    assert "consensus.min_seeds" in msg and "at most 4" in msg and "\n" not in msg
+    assert "min_seeds" in msg and expected in msg and "\n" not in msg
 
 
 def _dir(root: Path, group_id: str, variant: str) -> Path:
-    """A configuration's consensus SAE, found through its seeds' SAE ids."""
+    """A configuration's consensus SAE, found through its tag."""
     results = pd.read_parquet(root / "results.parquet")
-    sae_id = results.loc[results["group_id"] == group_id, "sae_id"].iloc[0]
-    return (
-        layout.consensus_dir(root, group_id.split("/")[0], sae_id.rsplit("-seed", 1)[0]) / variant
-    )
+    row = results.loc[results["group_id"] == group_id].iloc[0]
+    tag = layout.config_tag(row["sparsity_name"], row["sparsity"])
+    return layout.consensus_dir(root, group_id.split("/")[0], tag) / variant
 
 
 def test_a_corrupt_table_is_a_note_in_the_report(

@@ -16,22 +16,26 @@ decoders are compared as two seeds are, by PW-MCC beside its hardest random base
 the same latent counts (:func:`husai.metrics.stability.stability_pair`). The report sets
 that beside the single seeds' alive-only PW-MCC of the same configuration.
 
-Files: ``consensus/<unit_id>/<sparsity>/all/`` is the consensus SAE (SAELens format, with
-``consensus.json``), reused on a rerun while that file records the same seeds, tau,
+Files: ``consensus/<unit_id>/<tag>/all/`` (``tag``: :func:`husai.layout.config_tag`) is the
+consensus SAE (SAELens format, with ``consensus.json``), reused on a rerun while that file
+records the same seed SAEs (by unit id and SAE id, so a moved store still matches), tau,
 min_seeds and fit; ``split.safetensors`` beside it holds the two half decoders (``W_dec_a``,
-``W_dec_b``). One row per configuration goes to the store's ``consensus.parquet`` (schema
+``W_dec_b``), recomputed on every run (clustering only, no fit). One row per configuration
+of the current study's units goes to the store's ``consensus.parquet`` (schema
 :data:`CONSENSUS_COLUMNS`). A configuration whose seeds share no cluster at the threshold
-gets ``n_kept`` 0 and NaN measures, not an error.
+gets ``n_kept`` 0 and NaN measures; one whose seed SAEs cannot be read gets its ``error``
+(one line) instead; neither stops the study. Without ``consensus`` in the study the table is
+removed, and the SAEs under ``consensus/`` stay for a later run.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,7 +46,8 @@ from torch import Tensor
 from husai import layout
 from husai.activations import load_activations
 from husai.config import ConsensusStudyConfig, StudyConfig
-from husai.io import atomic_save_safetensors, atomic_write_bytes
+from husai.errors import UserError
+from husai.io import atomic_save_safetensors, atomic_write_frame
 from husai.metrics.consensus import cluster_latents, consensus_decoder
 from husai.metrics.consensus_sae import CONSENSUS_FILE, NoClusterKept, build_consensus
 from husai.metrics.data_baselines import data_reference
@@ -51,6 +56,9 @@ from husai.metrics.inputs import as_decoder
 from husai.metrics.stability import stability_pair
 from husai.progress import progress_bar
 from husai.saes import load_sae
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 SPLIT_FILE = "split.safetensors"
@@ -84,10 +92,15 @@ CONSENSUS_COLUMNS = {
     "split_kept_b": "Int64",
     "split_pw_mcc": "float64",
     "split_baseline_hardest": "float64",
+    "error": "string",
 }
 """consensus.parquet: one row per configuration. ``seed_*``: the mean over its seed SAEs on
 the same activations; ``k``: the refit's TopK k; ``split_*``: the two half-seed consensus
-decoders, their kept rows and PW-MCC (NaN / null without a split)."""
+decoders, their kept rows and PW-MCC over all those rows (NaN / null without a split);
+``error``: why the configuration has no consensus, if it could not be built (else null)."""
+
+_HEAD = ("group_id", "arch", "d_sae", "hook", "checkpoint", "sparsity_name", "sparsity")
+"""The columns that name a configuration, copied from its SAEs' records."""
 
 
 @dataclass(frozen=True)
@@ -116,11 +129,12 @@ def run_consensus(
     records: list[dict[str, Any]],
     acts_dirs: dict[tuple[str, str], Path],
     console: Console | None = None,
-) -> Any:
+) -> pd.DataFrame | None:
     """Build (or reuse) every configuration's consensus SAEs; write and return the table.
 
-    ``acts_dirs``: the activation folder per (checkpoint, hook). A study without
-    ``consensus`` gets no table (one left by an earlier run is removed) and returns None."""
+    ``records``: the unit.json records of the current study's units (not every unit the
+    store holds); ``acts_dirs``: the activation folder per (checkpoint, hook). A study
+    without ``consensus`` gets no table (one left by an earlier run is removed): None."""
     import pandas as pd
 
     cfg = study.consensus
@@ -137,19 +151,18 @@ def run_consensus(
                 acts = load_activations(acts_dirs[key])
                 cache[key] = (acts, data_reference(acts.acts))
             acts, data = cache[key]
-            rows.append(_group_row(root, group, cfg, tau, acts, data, study))
+            try:
+                rows.append(_group_row(root, group, cfg, tau, acts, data, study))
+            except UserError as err:  # e.g. a seed SAE with NaN weights: this group only
+                log.warning("consensus %s: %s", group.head["group_id"], err)
+                rows.append({**group.head, "n_seeds": len(group.saes), "n_kept": 0})
+                rows[-1] |= {"min_seeds": cfg.min_seeds, "tau": tau, "error": str(err)}
             bar.advance()
     frame = pd.DataFrame(rows, columns=list(CONSENSUS_COLUMNS))
     frame = frame.astype(CONSENSUS_COLUMNS).sort_values("group_id", kind="stable")
     frame = frame.reset_index(drop=True)
-    write_table(root, frame)
+    atomic_write_frame(layout.table_path(root, layout.CONSENSUS), frame)
     return frame
-
-
-def write_table(root: Path, frame: Any) -> None:
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    atomic_write_bytes(layout.table_path(root, layout.CONSENSUS), buf.getvalue())
 
 
 def _groups(records: list[dict[str, Any]]) -> list[_Group]:
@@ -166,9 +179,6 @@ def _groups(records: list[dict[str, Any]]) -> list[_Group]:
     return out
 
 
-_HEAD = ("group_id", "arch", "d_sae", "hook", "checkpoint", "sparsity_name", "sparsity")
-
-
 def _group_row(
     root: Path,
     group: _Group,
@@ -178,9 +188,11 @@ def _group_row(
     data: Any,
     study: StudyConfig,
 ) -> dict[str, Any]:
-    sae_ids = [s["sae_id"] for s in group.saes]
-    dirs = [layout.sae_dir(root, group.unit_id, s) for s in sae_ids]
-    where = layout.consensus_dir(root, group.unit_id, sae_ids[0].rsplit("-seed", 1)[0])
+    """One configuration's row: the full consensus SAE (built or reused) and the split."""
+    dirs = [layout.sae_dir(root, group.unit_id, s["sae_id"]) for s in group.saes]
+    head = group.head
+    tag = layout.config_tag(head["sparsity_name"], head["sparsity"])
+    where = layout.consensus_dir(root, group.unit_id, tag)
     n = len(dirs)
     row: dict[str, Any] = {**group.head, "n_seeds": n, "min_seeds": cfg.min_seeds, "tau": tau}
     row |= _seed_means(group.saes)
@@ -203,19 +215,27 @@ def _build(
     """The consensus SAE at ``out``, built now unless one of these seeds and settings is
     there; None when no cluster holds latents of ``min_seeds`` seeds."""
     path = out / CONSENSUS_FILE
-    want = {"sae_dirs": [str(p) for p in dirs], "tau": float(tau), "min_seeds": cfg.min_seeds}
+    want = {"tau": float(tau), "min_seeds": cfg.min_seeds}
     fit = {"steps": cfg.fit_steps, "lr": cfg.fit_lr}
     if path.is_file():
         have = json.loads(path.read_text())
         same_fit = {k: have.get("fit", {}).get(k) for k in fit} == fit
-        if {k: have.get(k) for k in want} == want and same_fit:
+        same_saes = [_sae_key(p) for p in have.get("sae_dirs", [])] == [_sae_key(p) for p in dirs]
+        if {k: have.get(k) for k in want} == want and same_fit and same_saes:
             return _Built(out, have)
     try:
         build_consensus(dirs, acts, out, min_seeds=cfg.min_seeds, tau=tau, **fit)
     except NoClusterKept as err:
         log.info("%s: %s", out, err)
+        shutil.rmtree(out, ignore_errors=True)  # an earlier consensus with other settings
         return None
     return _Built(out, json.loads(path.read_text()))
+
+
+def _sae_key(path: str | Path) -> tuple[str, ...]:
+    """``(unit_id, "saes", sae_id)``: an SAE's identity in any copy of the store (unit ids
+    are content hashes)."""
+    return Path(path).parts[-3:]
 
 
 def _seed_means(saes: list[dict[str, Any]]) -> dict[str, float]:

@@ -143,7 +143,6 @@ def _run(
     console.print("[bold]stage 4/5[/] tables")
     records = store.records()
     build_tables(records, store.root, bootstrap=study.metrics.bootstrap)
-    run_consensus(study, store.root, records, acts_dirs, console)
     failures = [
         {"unit_id": r["unit_id"], "error": r["error"]} for r in records if r["status"] != "ok"
     ]
@@ -153,6 +152,9 @@ def _run(
         console.print(
             f"[yellow]{len(failures)} unit(s) failed; see {store.root / 'failures.json'}[/]"
         )
+    current = {_unit_id(unit, acts_dirs) for unit in units}
+    ours = [r for r in records if r["unit_id"] in current]
+    run_consensus(study, store.root, ours, acts_dirs, console)
     if not report:
         return store.root
     console.print("[bold]stage 5/5[/] report")
@@ -347,7 +349,7 @@ def run_units(
     todo: list[tuple[Unit, str, Path]] = []
     for unit in units:
         acts_dir = acts_dirs[(unit.checkpoint, unit.hook)]
-        uid = unit.unit_id(_activations_id(acts_dir))
+        uid = _unit_id(unit, acts_dirs)
         if not store.is_done(uid):
             todo.append((unit, uid, acts_dir))
     console.print(f"{len(units) - len(todo)} unit(s) already done, {len(todo)} to run")
@@ -397,6 +399,10 @@ def _payload(
         tokens=ds.tokens,
         labels=ds.labels,
     )
+
+
+def _unit_id(unit: Unit, acts_dirs: dict[tuple[str, str], Path]) -> str:
+    return unit.unit_id(_activations_id(acts_dirs[(unit.checkpoint, unit.hook)]))
 
 
 def _activations_id(acts_dir: Path) -> str:

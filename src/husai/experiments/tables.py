@@ -29,7 +29,6 @@ Timing lives only in ``unit.json``, never in the tables.
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import numpy as np
 
 from husai import layout
 from husai.experiments.unit import LATENT_COLUMNS, LATENTS_FILE
-from husai.io import atomic_write_bytes
+from husai.io import atomic_write_frame
 from husai.metrics.bootstrap import seed_bootstrap_ci
 from husai.metrics.trust import random_stability
 
@@ -70,9 +69,7 @@ def build_tables(
     tables = {"results": results, "pairs": pairs, "summary": summary, "dynamics": dynamics}
     tables[layout.LATENTS] = latents
     for name, df in tables.items():
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        atomic_write_bytes(layout.table_path(out_dir, name), buf.getvalue())
+        atomic_write_frame(layout.table_path(out_dir, name), df)
     return tables
 
 

@@ -29,6 +29,7 @@ from husai.report.render import (
     render_html,
     render_markdown,
 )
+from husai.report.sections_consensus import TITLE as CONSENSUS_TITLE
 from husai.report.sections_consensus import consensus_section, has_consensus
 from husai.report.sections_gt import geometry_section, ground_truth_section
 from husai.report.sections_latents import latents_section
@@ -147,7 +148,7 @@ def _with_consensus(store: RunView, builders: Builders, st: float, ev: float) ->
     if not has_consensus(store):
         return builders
     at = next(i for i, b in enumerate(builders) if b[1] == "guidelines")
-    section = ("0. Stable features by construction", "consensus")
+    section = (f"0. {CONSENSUS_TITLE}", "consensus")
     return [*builders[:at], (*section, lambda: consensus_section(store, st, ev)), *builders[at:]]
 
 

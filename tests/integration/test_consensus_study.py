@@ -109,6 +109,11 @@ def _consensus(study: Path, root: Path, records: list, *overrides: str) -> pd.Da
     return run_consensus(cfg, root, records, acts).set_index("group_id")
 
 
+def _seed0_decoder(out: Path) -> torch.Tensor:
+    """The decoder of the planted group's seed 0 (the TopK k=2 configuration)."""
+    return load_file(next(out.rglob("k2-seed0/sae_weights.safetensors")))["W_dec"]
+
+
 def _permuted(x: torch.Tensor, seed: int) -> torch.Tensor:
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))]
 
@@ -118,7 +123,7 @@ def test_permuted_copies_keep_every_latent_and_agree_exactly(
 ) -> None:
     """Known answer: seeds 1-3 are permuted copies of seed 0's decoder."""
     study, out = finished
-    dec0 = load_file(next(out.rglob("k2-seed0/sae_weights.safetensors")))["W_dec"]
+    dec0 = _seed0_decoder(out)
     records, group, base = _plant(
         out, tmp_path / "planted", [None] + [_permuted(dec0, i) for i in (1, 2, 3)]
     )
@@ -138,7 +143,7 @@ def test_halves_of_two_dictionaries_compare_as_those_dictionaries(
     Q. The halves are A and AQ, so their PW-MCC is pw_mcc(A, AQ); no direction is in 3 seeds,
     so the full consensus keeps nothing (a row of NaNs, not an error)."""
     study, out = finished
-    a = load_file(next(out.rglob("k2-seed0/sae_weights.safetensors")))["W_dec"]
+    a = _seed0_decoder(out)
     q, _ = torch.linalg.qr(
         torch.randn(a.shape[1], a.shape[1], generator=torch.Generator().manual_seed(0))
     )
@@ -156,7 +161,7 @@ def test_a_broken_seed_sae_is_an_error_row_not_a_failed_study(
     finished: tuple[Path, Path], tmp_path: Path
 ) -> None:
     study, out = finished
-    a = load_file(next(out.rglob("k2-seed0/sae_weights.safetensors")))["W_dec"]
+    a = _seed0_decoder(out)
     records, group, _ = _plant(
         out, tmp_path / "planted", [None, torch.full_like(a, float("nan")), None, None]
     )

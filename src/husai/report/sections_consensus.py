@@ -48,7 +48,7 @@ def consensus_section(store: RunView, st: float, ev: float) -> Section:
     if df.empty:
         return sec.add(Note(f"{path.name} has no rows (no finished unit)."))
     df = _with_single_seed(df, store.summary).sort_values(ORDER, kind="stable")
-    sec.add(Para(_method(df)))
+    sec.add(Para(_consensus_method(df)))
     sec.add(Para(_finding(df, st, ev)))
     sec.add(_table(df))
     errors = df.dropna(subset=["error"]) if "error" in df else df.iloc[:0]
@@ -90,7 +90,7 @@ def _with_single_seed(df: Any, summary: Any) -> Any:
     return df
 
 
-def _method(df: Any) -> str:
+def _consensus_method(df: Any) -> str:
     """What was built and compared, with the settings of this table's rows."""
 
     def one(col: str) -> str:
@@ -159,17 +159,19 @@ def _table(df: Any) -> Table:
     rows = []
     for r in df.itertuples():
         row = [label(r), r.seed_alive_mean, f"{int(r.n_kept)} ({fmt(r.chance_kept, 2)})"]
-        row += [_int(r.k), _pair(r.explained_variance, r.seed_explained_variance)]
-        row += [_pair(r.l0, r.seed_l0, 2)] + ([_pair(r.gt_mcc, r.seed_gt_mcc)] if gt else [])
+        row += [_int(r.k), _with_reference(r.explained_variance, r.seed_explained_variance)]
+        row += [_with_reference(r.l0, r.seed_l0, 2)] + (
+            [_with_reference(r.gt_mcc, r.seed_gt_mcc)] if gt else []
+        )
         row += [f"{_int(r.split_kept_a)}/{_int(r.split_kept_b)}"]
-        row += [_pair(r.split_pw_mcc, r.split_baseline_hardest)]
-        row += [_pair(r.single_pw_mcc_alive, r.single_baseline_hardest)]
+        row += [_with_reference(r.split_pw_mcc, r.split_baseline_hardest)]
+        row += [_with_reference(r.single_pw_mcc_alive, r.single_baseline_hardest)]
         rows.append(row)
     cap = "Consensus SAE per configuration; in brackets the seeds' mean or the baseline."
     return Table(cols, rows, cap)
 
 
-def _pair(x: Any, y: Any, digits: int = 3) -> str:
+def _with_reference(x: Any, y: Any, digits: int = 3) -> str:
     return f"{fmt(x, digits)} ({fmt(y, digits)})"
 
 

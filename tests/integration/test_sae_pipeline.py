@@ -78,15 +78,15 @@ def test_train_saes_and_a_study_unit_save_an_sae_alike(acts_dir, tmp_path) -> No
     acts_ND, _ = read_activations(acts_dir)
     result = execute_unit(UnitPayload(unit, "u", acts_ND, metrics, model_cfg=cfg))
     assert result.status == "ok", result.error
-    ids = [rec["sae_id"] for rec in result.saes]
+    ids = [rec.sae_id for rec in result.saes]
     assert (
         ids == [layout.sae_id("k", 4, s) for s in range(3)] == ["k4-seed0", "k4-seed1", "k4-seed2"]
     )
     assert [d.name for d in dirs] == [f"topk_w48_{i}" for i in ids]
     own = {"experiment", "activations_dir", "model_sha256", "checkpoint"}
     for path, rec in zip(dirs, result.saes, strict=True):
-        assert (path / WEIGHTS_FILE).read_bytes() == rec["files"][WEIGHTS_FILE]
-        a, b = json.loads((path / CFG_FILE).read_text()), json.loads(rec["files"][CFG_FILE])
+        assert (path / WEIGHTS_FILE).read_bytes() == rec.files[WEIGHTS_FILE]
+        a, b = json.loads((path / CFG_FILE).read_text()), json.loads(rec.files[CFG_FILE])
         husai_a, husai_b = a.pop("husai"), b.pop("husai")
         assert a == b and a["metadata"]["hook_name"] == cfg.hook
         assert {k: v for k, v in husai_a.items() if k not in own} == {

@@ -73,9 +73,9 @@ def study_sae_dirs(committed, tmp_path_factory: pytest.TempPathFactory) -> list[
         result = execute_unit(payload)
         assert result.status == "ok", result.error
         for record in result.saes:
-            sae_dir = out / payload.unit_id / record["sae_id"]
+            sae_dir = out / payload.unit_id / record.sae_id
             sae_dir.mkdir(parents=True)
-            for name, blob in record["files"].items():
+            for name, blob in record.files.items():
                 (sae_dir / name).write_bytes(blob)
             dirs.append(sae_dir)
     assert len(dirs) == len(HOOKS) * len(SAE_TRAIN["init_seeds"])

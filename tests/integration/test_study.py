@@ -20,8 +20,8 @@ from husai.experiments import run_study
 from husai.experiments.grid import expand_grid
 from husai.experiments.store import RunStore
 from husai.experiments.unit import UnitPayload, execute_unit
-
-TABLES = ("results", "pairs", "summary", "dynamics")
+from husai.layout import TABLES
+from husai.schema import DYNAMICS_COLUMNS, PAIR_COLUMNS, RESULT_HEAD, SUMMARY_HEAD
 
 
 def _tables(root: Path) -> dict[str, pd.DataFrame]:
@@ -58,6 +58,10 @@ def test_tables_hold_every_sae_and_pair_with_baselines(finished: tuple[Path, Pat
     assert len(summary[summary["metric"] == "pw_mcc"]) == 4
     assert not t["dynamics"].empty
     assert (root / "provenance.json").is_file() and (root / "model" / "curves.json").is_file()
+    # the writer's columns are the declared schema, in its order
+    assert tuple(pairs.columns) == PAIR_COLUMNS and tuple(t["dynamics"].columns) == DYNAMICS_COLUMNS
+    assert tuple(results.columns[: len(RESULT_HEAD)]) == RESULT_HEAD
+    assert tuple(summary.columns[: len(SUMMARY_HEAD)]) == SUMMARY_HEAD
 
 
 def test_rerun_skips_finished_units(finished: tuple[Path, Path]) -> None:

@@ -67,7 +67,8 @@ def test_unit_tables_agree_across_thread_counts(arch: str, width: int, acts_ND) 
     unit, metrics = _unit(arch, width)
     one, two = (_run(unit, metrics, acts_ND, t) for t in (1, 2))
     assert one.status == two.status == "ok", (one.error, two.error)
-    for a_rows, b_rows in ((one.saes, two.saes), (one.pairs, two.pairs)):
+    saes = [s.as_json() for s in one.saes], [s.as_json() for s in two.saes]
+    for a_rows, b_rows in (saes, ([p.row() for p in one.pairs], [p.row() for p in two.pairs])):
         a, b = _numbers(a_rows), _numbers(b_rows)
         assert [k for k, _ in a] == [k for k, _ in b] and len(a) > 10
         for (key, x), (_, y) in zip(a, b, strict=True):

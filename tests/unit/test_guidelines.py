@@ -143,6 +143,7 @@ def test_rotation_claim_only_when_coverage_beats_baseline():
             "arch": r.arch,
             "d_sae": r.d_sae,
             "hook": r.hook,
+            "checkpoint": r.checkpoint,
             "sparsity": r.sparsity,
             "gt_mcc": 0.4,
             "gt_mcc_baseline": 0.3,

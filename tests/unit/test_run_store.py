@@ -16,6 +16,7 @@ import torch
 from husai.errors import DiskFullError, UserError
 from husai.experiments.store import LOCK_NAME, RunStore
 from husai.experiments.unit import UnitResult
+from husai.schema import GroupKey, SaeRecord
 
 HOLD_LOCK = (
     "import sys, time\n"
@@ -27,14 +28,19 @@ HOLD_LOCK = (
 
 
 def _result(unit_id: str = "u1", seeds: tuple[int, ...] = (0, 1), tag: bytes = b"a") -> UnitResult:
+    group = GroupKey(f"{unit_id}/2", "topk", 8, "hook", "final", "k", 2.0)
     saes = [
-        {
-            "sae_id": f"k2-seed{s}",
-            "seed": s,
-            "eval": {"mse": 0.5},
-            "gt": {},
-            "files": {"cfg.json": b'{"d_in": 8}', "sae_weights.safetensors": tag * (10 + s)},
-        }
+        SaeRecord(
+            f"k2-seed{s}",
+            group,
+            seed=s,
+            steps=1,
+            converged_step=None,
+            n_alive=8,
+            eval={"mse": 0.5},
+            gt={},
+            files={"cfg.json": b'{"d_in": 8}', "sae_weights.safetensors": tag * (10 + s)},
+        )
         for s in seeds
     ]
     return UnitResult(unit_id, "ok", saes=saes, snapshots={"step_1": torch.ones(2, 3)}, steps=1)

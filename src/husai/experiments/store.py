@@ -36,6 +36,7 @@ from husai import layout
 from husai.errors import DiskFullError, UserError
 from husai.experiments.unit import UnitResult
 from husai.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, sha256_file
+from husai.schema import SaeRecord
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
@@ -116,7 +117,7 @@ class RunStore:
         try:
             stage.mkdir(parents=True)
             for sae in result.saes:
-                _write_sae_dir(layout.sae_dir_in(stage, sae["sae_id"]), sae)
+                _write_sae_dir(layout.sae_dir_in(stage, sae.sae_id), sae)
             if result.snapshots:
                 atomic_save_safetensors(stage / layout.UNIT_SNAPSHOTS, result.snapshots)
             atomic_write_json(
@@ -149,22 +150,20 @@ def _record(result: UnitResult, content: dict[str, Any], files: dict[str, Any]) 
         "unit": content,
         "steps": result.steps,
         "wall_s": result.wall_s,
-        "saes": [{k: v for k, v in s.items() if k != "files"} for s in result.saes],
-        "pairs": result.pairs,
-        "dynamics": result.dynamics,
+        "saes": [s.as_json() for s in result.saes],
+        "pairs": [p.row() for p in result.pairs],
+        "dynamics": [d.row() for d in result.dynamics],
         "history": result.history,
         "files": files,
     }
 
 
-def _write_sae_dir(path: Path, sae: dict[str, Any]) -> None:
+def _write_sae_dir(path: Path, sae: SaeRecord) -> None:
     """The SAE's own files (SAELens format, as the unit saved them) plus eval.json."""
     path.mkdir(parents=True, exist_ok=True)
-    for name, data in sae["files"].items():
+    for name, data in sae.files.items():
         atomic_write_bytes(path / name, data)
-    atomic_write_json(
-        path / "eval.json", {**sae["eval"], **{f"gt_{k}": v for k, v in sae["gt"].items()}}
-    )
+    atomic_write_json(path / "eval.json", {**sae.eval, **{f"gt_{k}": v for k, v in sae.gt.items()}})
 
 
 def _manifest(unit_dir: Path) -> dict[str, dict[str, Any]]:

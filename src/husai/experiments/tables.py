@@ -40,10 +40,21 @@ from husai.experiments.unit import LATENT_COLUMNS, LATENTS_FILE
 from husai.io import atomic_write_frame
 from husai.metrics.bootstrap import seed_bootstrap_ci
 from husai.metrics.trust import random_stability
+from husai.schema import (
+    BASELINE_COLUMNS,
+    DYNAMICS_COLUMNS,
+    GROUP_COLUMNS,
+    PAIR_COLUMNS,
+    RESULT_HEAD,
+    SUMMARY_HEAD,
+    conform,
+    ordered,
+)
 
 log = logging.getLogger(__name__)
 
-GROUP_COLS = ["arch", "d_sae", "hook", "checkpoint", "sparsity_name", "sparsity"]
+GROUP_COLS = list(GROUP_COLUMNS[1:])
+"""A group's configuration columns (its ``group_id`` aside)."""
 
 
 def build_tables(
@@ -64,9 +75,13 @@ def build_tables(
         dynamics = dynamics.sort_values(["group_id", "metric", "step"], kind="stable").reset_index(
             drop=True
         )
+    heads = {"results": RESULT_HEAD, "pairs": PAIR_COLUMNS, "dynamics": DYNAMICS_COLUMNS}
+    tables = {"results": results, "pairs": pairs, "dynamics": dynamics}
+    tables = {name: conform(name, ordered(df, heads[name])) for name, df in tables.items()}
     latents = gather_latents(records, out_dir)
-    summary = summarise(pairs, results, bootstrap, seed, latents)
-    tables = {"results": results, "pairs": pairs, "summary": summary, "dynamics": dynamics}
+    tables["summary"] = ordered(
+        summarise(tables["pairs"], tables["results"], bootstrap, seed, latents), SUMMARY_HEAD
+    )
     tables[layout.LATENTS] = latents
     for name, df in tables.items():
         atomic_write_frame(layout.table_path(out_dir, name), df)
@@ -200,7 +215,9 @@ def _col_mean(df: Any, col: str) -> float:
 
 def _hardest_cols(df: Any, mean: float) -> dict[str, float]:
     """Data-aware baselines and the hardest one, means over the group's pairs."""
-    per_pair = np.fmax.reduce([df[c].to_numpy(dtype=np.float64) for c in HARD_BASELINES if c in df])
+    per_pair = np.fmax.reduce(
+        [df[c].to_numpy(dtype=np.float64) for c in BASELINE_COLUMNS if c in df]
+    )
     hard = float(np.mean(per_pair))
     return {
         "baseline_subspace": _col_mean(df, "baseline_subspace"),
@@ -208,10 +225,6 @@ def _hardest_cols(df: Any, mean: float) -> dict[str, float]:
         "baseline_hardest": hard,
         "excess_hardest": mean - hard,
     }
-
-
-HARD_BASELINES = ("baseline", "baseline_subspace", "baseline_acts")
-"""The random baselines whose per-pair maximum is ``baseline_hardest``."""
 
 
 def _group_eval(results: Any, key: Any) -> dict[str, float]:

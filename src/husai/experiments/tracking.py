@@ -60,8 +60,8 @@ def log_unit(
     if result.error:
         summary["error"] = result.error
     for row in result.pairs:
-        key = f"{row['metric']}/{row['sparsity_name']}={row['sparsity']:g}"
-        summary.setdefault(key, []).append(row["value"])
+        key = f"{row.metric}/{row.group.sparsity_name}={row.group.sparsity:g}"
+        summary.setdefault(key, []).append(row.value)
     run.summary.update(
         {k: (sum(v) / len(v) if isinstance(v, list) else v) for k, v in summary.items()}
     )

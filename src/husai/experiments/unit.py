@@ -60,6 +60,7 @@ from husai.metrics.ground_truth import latent_purity
 from husai.metrics.matching import unit_rows
 from husai.metrics.trust import best_partners, stability
 from husai.saes.io import save_member
+from husai.schema import DynamicsRow, GroupKey, PairRow, SaeRecord, group_id
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,10 @@ class UnitResult:
     unit_id: str
     status: str
     error: str | None = None
-    saes: list[dict[str, Any]] = field(default_factory=list)
+    saes: list[SaeRecord] = field(default_factory=list)
     snapshots: dict[str, Tensor] = field(default_factory=dict)
-    pairs: list[dict[str, Any]] = field(default_factory=list)
-    dynamics: list[dict[str, Any]] = field(default_factory=list)
+    pairs: list[PairRow] = field(default_factory=list)
+    dynamics: list[DynamicsRow] = field(default_factory=list)
     history: dict[str, Any] = field(default_factory=dict)
     steps: int = 0
     wall_s: float = 0.0
@@ -125,7 +126,7 @@ def _execute(payload: UnitPayload) -> UnitResult:
         record, codes[idx], alive[idx], single = _measure_sae(
             payload, group, idx, (cfg, seed), model, loss_cache
         )
-        record["gt"].update(coverage.columns(record["gt"]))
+        record.gt.update(coverage.columns(record.gt))
         saes.append(record)
         t1 = time.perf_counter()
         latents.append(
@@ -165,7 +166,7 @@ def _measure_sae(
     member: tuple[Any, int],
     model: Any,
     loss_cache: dict,
-) -> tuple[dict[str, Any], Tensor, Tensor, Any]:
+) -> tuple[SaeRecord, Tensor, Tensor, Any]:
     """Evaluation, loss recovered and ground truth for model ``idx``; its files as bytes.
 
     Returns the record, its codes on all rows, its alive mask and the SAE as saved. The
@@ -193,17 +194,17 @@ def _measure_sae(
         codes_NS = single.encode(payload.acts_ND)
     if model is not None:
         ev.update(_loss_recovered(model, payload, single, loss_cache))
-    record = {
-        "sae_id": sae_id,
-        **_group_cols(payload, sparsity),
-        "seed": int(seed),
-        "steps": int(group.steps),
-        "converged_step": group.converged_step[idx],
-        "n_alive": int(alive_S.sum()),
-        "eval": _plain(ev),
-        "files": files,
-        "gt": _ground_truth(payload, single, codes_NS),
-    }
+    record = SaeRecord(
+        sae_id,
+        _group_key(payload, sparsity),
+        seed=int(seed),
+        steps=int(group.steps),
+        converged_step=group.converged_step[idx],
+        n_alive=int(alive_S.sum()),
+        eval=_plain(ev),
+        gt=_ground_truth(payload, single, codes_NS),
+        files=files,
+    )
     return record, codes_NS, alive_S, single
 
 
@@ -292,7 +293,7 @@ def _pair_rows(
     codes: dict,
     alive: dict,
     data: DataReference,
-) -> list[dict[str, Any]]:
+) -> list[PairRow]:
     """One row per (sparsity, seed pair, metric), with its random and init baselines.
 
     ``baseline`` is the unit-sphere baseline; ``baseline_subspace`` and ``baseline_acts``
@@ -321,30 +322,9 @@ def _pair_rows(
                 trials=payload.metrics.baseline_trials,
                 data=data,
             )
-            pair = {**_group_cols(payload, sparsity), "seed_a": int(seeds[i])}
-            pair["seed_b"] = int(seeds[j])
-            rows += [{**pair, **_metric_cols(name, mv)} for name, mv in vals.items()]
+            key = _group_key(payload, sparsity)
+            rows += [PairRow.of(key, seeds[i], seeds[j], name, mv) for name, mv in vals.items()]
     return rows
-
-
-def _metric_cols(name: str, mv: Any) -> dict[str, Any]:
-    """The columns of one MetricValue in pairs.parquet."""
-    return {
-        "metric": name,
-        "value": float(mv.value),
-        "baseline": float(mv.baseline),
-        "baseline_kind": mv.baseline_kind,
-        "baseline_init": float(mv.baseline_init),
-        "baseline_subspace": float(mv.baseline_subspace),
-        "baseline_acts": float(mv.baseline_acts),
-        "baseline_hardest": float(mv.baseline_hardest),
-        "excess": float(mv.excess),
-        "excess_hardest": float(mv.excess_hardest),
-        "ratio": float(mv.ratio),
-        "n_a": int(mv.n_latents[0]),
-        "n_b": int(mv.n_latents[1]),
-        "dead_included": bool(mv.dead_included),
-    }
 
 
 def _init_view(init_sae: Any, index: int) -> SimpleNamespace:
@@ -356,7 +336,7 @@ def _init_view(init_sae: Any, index: int) -> SimpleNamespace:
 
 def _dynamics_rows(
     unit: Unit, payload: UnitPayload, snapshots: dict[int, Tensor], data: DataReference
-) -> list[dict[str, Any]]:
+) -> list[DynamicsRow]:
     """Cross-seed PW-MCC (all latents) at every decoder snapshot, beside its random baselines."""
     from husai.metrics import pw_mcc, random_unit_baseline
 
@@ -376,15 +356,16 @@ def _dynamics_rows(
             base, _ = random_unit_baseline("pw_mcc", n, n, d, trials=trials)
             extra = data_baselines("pw_mcc", n, n, data, trials)
             rows.append(
-                {
-                    **_group_cols(payload, sparsity),
-                    "step": int(step),
-                    "metric": "pw_mcc",
-                    "value": float(sum(vals) / len(vals)),
-                    "baseline": float(base),
-                    **{f"baseline_{k}": v for k, v in extra.items()},
-                    "baseline_hardest": hardest(base, *extra.values()),
-                }
+                DynamicsRow(
+                    _group_key(payload, sparsity),
+                    step=int(step),
+                    metric="pw_mcc",
+                    value=float(sum(vals) / len(vals)),
+                    baseline=float(base),
+                    baseline_subspace=extra["subspace"],
+                    baseline_acts=extra["acts"],
+                    baseline_hardest=hardest(base, *extra.values()),
+                )
             )
     return rows
 
@@ -524,7 +505,7 @@ def latent_frame(head: dict[str, Any], cols: dict[str, np.ndarray]) -> Any:
 
 
 def _add_latent_files(
-    payload: UnitPayload, saes: list[dict[str, Any]], latents: list[tuple[Tensor, dict]]
+    payload: UnitPayload, saes: list[SaeRecord], latents: list[tuple[Tensor, dict]]
 ) -> None:
     """Add ``latents.parquet`` to every SAE's files; stability is per configuration, so
     the seeds of each sparsity value (config-major order, as in ``group.members``) go together."""
@@ -534,30 +515,26 @@ def _add_latent_files(
         cross = cross_seed_columns([latents[m][0] for m in members], tau)
         for m, extra in zip(members, cross, strict=True):
             rec = saes[m]
-            head = {k: rec[k] for k in ("sae_id", "seed", *_group_cols(payload, 0.0))}
+            head = {"sae_id": rec.sae_id, "seed": rec.seed, **rec.group.columns()}
             head |= {"unit_id": payload.unit_id, "d_in": int(payload.acts_ND.shape[1])}
             head |= {"n_others": n_seeds - 1, "tau": float(tau)}
             buf = io.BytesIO()
             latent_frame(head, latents[m][1] | extra).to_parquet(buf, index=False)
-            rec["files"][LATENTS_FILE] = buf.getvalue()
+            rec.files[LATENTS_FILE] = buf.getvalue()
 
 
-def _group_id(unit_id: str, sparsity: float) -> str:
-    return f"{unit_id}/{sparsity:g}"
-
-
-def _group_cols(payload: UnitPayload, sparsity: float) -> dict[str, Any]:
-    """The columns that identify a group (one sparsity value of a unit) in every table."""
+def _group_key(payload: UnitPayload, sparsity: float) -> GroupKey:
+    """The configuration of one sparsity value of the payload's unit."""
     unit = payload.unit
-    return {
-        "group_id": _group_id(payload.unit_id, sparsity),
-        "arch": unit.arch,
-        "d_sae": unit.d_sae,
-        "hook": unit.hook,
-        "checkpoint": unit.checkpoint,
-        "sparsity_name": unit.sparsity_name,
-        "sparsity": sparsity,
-    }
+    return GroupKey(
+        group_id(payload.unit_id, sparsity),
+        unit.arch,
+        unit.d_sae,
+        unit.hook,
+        unit.checkpoint,
+        unit.sparsity_name,
+        sparsity,
+    )
 
 
 def _plain(obj: Any) -> Any:

@@ -193,8 +193,6 @@ def _gt_item(sub: Any, results: Any, st: float) -> str | None:
     if results is None or not need <= set(results.columns):
         return None
     res = results[results.status == "ok"] if "status" in results else results
-    if "checkpoint" not in res:
-        res = res.assign(checkpoint="final")
     keys = ["arch", "d_sae", "hook", "checkpoint", "sparsity"]
     below = sub[sub["mean"] < st][keys].drop_duplicates()
     rows = res.assign(checkpoint=res.checkpoint.astype(str)).merge(

@@ -293,7 +293,7 @@ def _pw_cells(pw: tuple | None) -> list[str]:
 
 
 def _sparsity(g: Any, value: Any) -> str:
-    names = g["sparsity_name"].dropna().unique() if "sparsity_name" in g else []
+    names = g["sparsity_name"].dropna().unique()
     return f"{names[0]}={fmt_param(value)}" if len(names) == 1 else fmt_param(value)
 
 

@@ -38,8 +38,6 @@ def ok_results(store: RunView) -> Any:
     if r is None or r.empty:
         return None
     r = r[r.status == "ok"] if "status" in r else r
-    if "checkpoint" not in r:
-        r = r.assign(checkpoint="final")
     return r if {"arch", "d_sae", "hook", "sparsity"} <= set(r.columns) else None
 
 
@@ -71,13 +69,7 @@ def ground_truth_section(store: RunView) -> Section:
 
 def _gt_table(res: Any, cols: list[str]) -> Section:
     sub = Section("GT-MCC and plane coverage per configuration", "gt-table")
-    agg = (
-        res.groupby(KEYS + ["sparsity_name"] if "sparsity_name" in res else KEYS, sort=True)[cols]
-        .mean()
-        .reset_index()
-    )
-    if "sparsity_name" not in agg:
-        agg["sparsity_name"] = "sparsity"
+    agg = res.groupby(KEYS + ["sparsity_name"], sort=True)[cols].mean().reset_index()
     n = res.groupby(KEYS).size().rename("n").reset_index()
     agg = agg.merge(n, on=KEYS)
     agg["label"] = [verdict.label(r) for r in agg.itertuples()]
@@ -295,7 +287,7 @@ def _purity_table(store: RunView, res: Any) -> Section:
         "Cluster structure of latents by frequency, all configurations", "geometry-purity"
     )
     rows, missing = [], 0
-    keys = KEYS + (["sparsity_name"] if "sparsity_name" in res else [])
+    keys = KEYS + ["sparsity_name"]
     for key, g in res.groupby(keys, sort=True):
         cfg = dict(zip(keys, key, strict=True))
         planes = store.planes(cfg["hook"], str(cfg["checkpoint"]))
@@ -304,7 +296,7 @@ def _purity_table(store: RunView, res: Any) -> Section:
         if not decs:
             continue
         st = [geometry.purity_stats(geometry.frequency_shares(d, planes)[1]) for _, d in decs]
-        name = cfg.get("sparsity_name", "sparsity")
+        name = cfg["sparsity_name"]
         rows.append(
             [
                 cfg["arch"],

@@ -89,7 +89,7 @@ def _read(store: RunView) -> tuple[Any, str]:
     return lat, ""
 
 
-def _label(r: Any) -> str:
+def _dict_label(r: dict[str, Any]) -> str:
     return verdict.label(SimpleNamespace(**r))
 
 
@@ -115,7 +115,7 @@ def _distribution_table(summary: Any, lat: Any) -> Table | Note:
         cells = [f"{fmt(s.get(c))} ({fmt(s.get(f'{c}_baseline'))})" for c, _ in STATS]
         rows.append(
             [
-                _label(r.to_dict()),
+                _dict_label(r.to_dict()),
                 int(r.seeds),
                 f"{int(r.alive_n)} / {int(r.latents)}",
                 *cells,
@@ -189,7 +189,9 @@ def _relations(alive: Any) -> list:
     rows = []
     for gid, r in meta.iterrows():
         g = alive[alive.group_id == gid]
-        rows.append([_label(r.to_dict()), *(_rho_cell(g["stability"], g[c]) for c, _ in present)])
+        rows.append(
+            [_dict_label(r.to_dict()), *(_rho_cell(g["stability"], g[c]) for c, _ in present)]
+        )
     pooled = [_rho_cell(alive["stability"], alive[c]) for c, _ in present]
     within = [_within_cell(alive, c) for c, _ in present]
     rows += [["pooled, configurations mixed", *pooled], ["pooled, ranks within each", *within]]

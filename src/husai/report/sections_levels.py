@@ -32,10 +32,11 @@ from husai.report.render import Figure, Note, Para, Section, Table, fmt
 from husai.report.sections_gt import ok_results
 from husai.report.store import RunView
 from husai.saes import load_sae
+from husai.schema import GROUP_COLUMNS
 
 log = logging.getLogger(__name__)
 FINAL = "final"
-GROUP = ["arch", "d_sae", "hook", "checkpoint", "sparsity_name", "sparsity"]
+GROUP = list(GROUP_COLUMNS[1:])
 TERM_LABEL = {
     "dead": "dead latents",
     "rotation": "rotation in planes",
@@ -75,7 +76,6 @@ def _compute(store: RunView, trials: int, seed: int, n_boot: int) -> pd.DataFram
     if res is None or not {"unit_id", "sae_id"} <= set(res.columns):
         skipped.append("results.parquet has no successful rows with unit and SAE ids")
     else:
-        res = res.assign(sparsity_name=res.get("sparsity_name", "sparsity"))
         final = res[res.checkpoint.astype(str) == FINAL]
         if final.empty:
             skipped.append(f"results.parquet has no rows at checkpoint {FINAL!r}")

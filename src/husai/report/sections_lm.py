@@ -152,7 +152,7 @@ def _arch_view(store: RunView, hook: str, arch: str, grp: Any, text: _Text) -> S
     sae_rows = cfg[cfg.seed == cfg.seed.min()]
     unit_id, sae_id = str(sae_rows.unit_id.iloc[0]), str(sae_rows.sae_id.iloc[0])
     firing = sae_rows[sae_rows.fire_freq * text.n_rows >= MIN_FIRINGS]
-    name = str(sae_rows.sparsity_name.iloc[0]) if "sparsity_name" in sae_rows else "sparsity"
+    name = str(sae_rows.sparsity_name.iloc[0])
     sub.add(
         Para(
             f"Configuration d_sae {d_sae}, {name} {fmt_param(sparsity)} (mean stability of its alive "

@@ -31,10 +31,6 @@ def stability_section(store: RunView, st: float, ev: float) -> Section:
             Note(f"summary.parquet lacks column(s) {', '.join(sorted(need - set(s.columns)))}")
         )
     s = s.copy()
-    if "checkpoint" not in s:
-        s["checkpoint"] = "final"
-    if "sparsity_name" not in s:
-        s["sparsity_name"] = "sparsity"
     sec.subsections += [_per_arch(store, s), _by_l0(s), _goldilocks(s, ev), _pareto(s, st, ev)]
     return sec
 
@@ -157,8 +153,6 @@ def dynamics_section(store: RunView) -> Section:
     hardest = "baseline_hardest" in d and "baseline" in d
     if hardest:  # judge against the hardest random baseline, as the verdict does
         d = d.assign(baseline=d.baseline_hardest.fillna(d.baseline))
-    if "checkpoint" not in d:
-        d = d.assign(checkpoint="final")
     label = figures.METRIC_LABEL.get(metric, metric)
     sec.add(
         Para(

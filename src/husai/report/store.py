@@ -4,8 +4,9 @@
 :class:`husai.experiments.store.RunStore` wrote; both take their paths from
 :mod:`husai.layout`. Every loader returns ``None`` when its file is absent or
 unreadable and records why in ``RunView.missing`` (file name -> one-line reason), so each
-report section can say what it could not show instead of crashing. Nothing is filled in
-or guessed: a missing table stays missing.
+report section can say what it could not show instead of crashing. A missing table stays
+missing; a table an older husai wrote gets the columns it lacks from
+:func:`husai.schema.conform` (names and absent baselines only, never a measurement).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from husai.io import load_safetensors
 from husai.metrics.ground_truth import load_planes
 from husai.model.fourier import FourierPlanes
 from husai.saes.io import WEIGHTS_FILE
+from husai.schema import conform
 
 log = logging.getLogger(__name__)
 MARKERS = ("study.yaml", "provenance.json", "results.parquet", "summary.parquet")
@@ -83,7 +85,7 @@ class RunView:
         s.model_metrics = s._json("model/metrics.json")
         s.acts = s._act_dirs()
         for name in layout.TABLES:
-            setattr(s, name, s._parquet(layout.table_path(root, name).name))
+            setattr(s, name, conform(name, s._parquet(layout.table_path(root, name).name)))
         s.failures = s._json("failures.json")
         s.provenance = s._json("provenance.json")
         path = root / "study.yaml"

@@ -55,11 +55,7 @@ def primary_table(summary: Any) -> tuple[Any, str | None]:
     for col in ("ci_lo", "ci_hi", "l0_mean", "dead_fraction_mean", *BASELINE_KINDS):
         if col not in df:
             df[col] = np.nan
-    if "checkpoint" not in df:
-        df["checkpoint"] = "final"
-    if "sparsity_name" not in df:
-        df["sparsity_name"] = "sparsity"
-    _hardest(df)
+    _add_hardest_kind(df)
     df["excess"] = df["mean"] - df["baseline_hardest"]
     has_ci = df.ci_lo.notna()
     hard = df.baseline_hardest
@@ -70,7 +66,7 @@ def primary_table(summary: Any) -> tuple[Any, str | None]:
     return df.reset_index(drop=True), None
 
 
-def _hardest(df: Any) -> None:
+def _add_hardest_kind(df: Any) -> None:
     """``baseline_hardest`` (the stored one, else the max of the baselines present) and its kind."""
     cols = list(BASELINE_KINDS)
     vals = df[cols].to_numpy(dtype=float)

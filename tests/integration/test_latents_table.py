@@ -77,8 +77,16 @@ def test_summary_gains_per_feature_stability_and_tables_are_repeatable(root: Pat
         "latent_stable_all",
         "latent_stability_mean_baseline",
         "latent_stable_all_baseline",
+        "latent_stability_mean_baseline_subspace",
+        "latent_stable_all_baseline_subspace",
     ):
         assert summary[col].between(0, 1).all(), col
+    # the data subspace (rank <= d_in) is the harder random reference
+    sub, sphere = (
+        summary.latent_stability_mean_baseline_subspace,
+        summary.latent_stability_mean_baseline,
+    )
+    assert (sub >= sphere).all() and (summary.latent_stability_data_rank <= 32).all()
     lat = pd.read_parquet(root / "latents.parquet")
     alive = lat[lat["alive"]]
     first = summary.drop_duplicates("group_id").set_index("group_id")

@@ -19,6 +19,7 @@ from husai.experiments.unit import (
     latent_frame,
 )
 from husai.metrics.baselines import random_unit
+from husai.metrics.data_baselines import data_rank
 from husai.metrics.trust import random_stability
 from husai.model.fourier import FourierPlanes
 from husai.saes.io import LoadedSAE
@@ -82,6 +83,23 @@ def test_random_decoders_match_the_analytic_random_baseline() -> None:
     observed = np.array([(np.isclose(stab, v)).mean() for v in levels])
     assert np.abs(observed - dist).max() < 0.05
     assert abs(stab.mean() - dist @ levels) < 0.03
+
+
+def test_random_decoders_in_the_data_subspace_match_the_subspace_baseline() -> None:
+    """Decoders uniformly random inside the activations' rank-r subspace (the fair random
+    reference on low-rank data) score as the analytic baseline in R^r, far above R^d's."""
+    n, s, d, r, tau = 6, 60, 64, 8, 0.7
+    basis_rD = torch.linalg.qr(torch.randn(d, r, generator=_gen(7)))[0].T
+    acts_ND = torch.randn(4000, r, generator=_gen(8)) @ basis_rD
+    assert data_rank(acts_ND) == r
+    decoders = [random_unit(s, r, _gen(200 + i)) @ basis_rD for i in range(n)]
+    stab = np.concatenate([c["stability"] for c in cross_seed_columns(decoders, tau)])
+    levels = np.arange(n) / (n - 1)
+    dist, sphere = random_stability([s] * n, r, tau), random_stability([s] * n, d, tau)
+    assert 0.2 < dist @ levels < 0.9 and sphere @ levels < 0.01
+    observed = np.array([(np.isclose(stab, v)).mean() for v in levels])
+    assert np.abs(observed - dist).max() < 0.06
+    assert abs(stab.mean() - dist @ levels) < 0.04
 
 
 def test_dead_latents_are_flagged_and_contribute_nothing() -> None:
@@ -198,3 +216,11 @@ def test_summary_columns_use_alive_latents_and_the_random_baseline() -> None:
     assert cols["latent_stable_half_baseline"] == pytest.approx(dist[1] + dist[2])
     assert cols["latent_stable_all_baseline"] == pytest.approx(dist[2])
     assert cols["latent_stability_median_baseline"] == 0.0  # dist[0] > 1/2 for random
+    assert "latent_stable_all_baseline_subspace" not in cols  # no rank given
+    sub = latent_stability_columns(frame, {("final", "h"): 2})["u/2"]
+    low = random_stability([3, 3, 3], 2, 0.7)
+    assert sub["latent_stability_mean_baseline_subspace"] == pytest.approx(low @ [0, 0.5, 1])
+    assert sub["latent_stable_all_baseline_subspace"] == pytest.approx(low[2])
+    assert sub["latent_stable_all_baseline_subspace"] > cols["latent_stable_all_baseline"]
+    assert sub["latent_stability_data_rank"] == 2
+    assert latent_stability_columns(frame, {("step_75", "h"): 2})["u/2"] == cols  # other acts

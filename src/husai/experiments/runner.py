@@ -51,6 +51,7 @@ from husai.experiments.tables import build_tables
 from husai.experiments.tracking import log_unit
 from husai.experiments.unit import UnitPayload, UnitResult
 from husai.io import atomic_write_bytes, atomic_write_json
+from husai.metrics.data_baselines import data_rank
 from husai.model import load_model
 from husai.model.build import build_model
 from husai.model.fourier import task_group
@@ -142,7 +143,8 @@ def _run(
     run_units(study, store, units, acts_dirs, model_dir, executor, address, console)
     console.print("[bold]stage 4/5[/] tables")
     records = store.records()
-    build_tables(records, store.root, bootstrap=study.metrics.bootstrap)
+    ranks = {key: _data_rank(path) for key, path in acts_dirs.items()}
+    build_tables(records, store.root, bootstrap=study.metrics.bootstrap, data_ranks=ranks)
     failures = [
         {"unit_id": r["unit_id"], "error": r["error"]} for r in records if r["status"] != "ok"
     ]
@@ -408,6 +410,11 @@ def _unit_id(unit: Unit, acts_dirs: dict[tuple[str, str], Path]) -> str:
 def _activations_id(acts_dir: Path) -> str:
     meta = json.loads((acts_dir / "meta.json").read_text())
     return f"{meta.get('model_sha256')}:{meta.get('hook')}:{meta.get('checkpoint', 'final')}:{meta.get('position', -1)}"
+
+
+def _data_rank(acts_dir: Path) -> int:
+    """The rank of the activations' principal subspace, as the units' data baselines use it."""
+    return data_rank(load_activations(acts_dir).acts)
 
 
 def _acts_dim(acts_dir: Path) -> int:

@@ -58,8 +58,15 @@ GROUP_COLS = list(GROUP_COLUMNS[1:])
 
 
 def build_tables(
-    records: list[dict[str, Any]], out_dir: Path, bootstrap: int = 1000, seed: int = 0
+    records: list[dict[str, Any]],
+    out_dir: Path,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    data_ranks: dict[tuple[str, str], int] | None = None,
 ) -> dict[str, Any]:
+    """Write the study's tables from the units' records. ``data_ranks``: (checkpoint, hook) ->
+    the rank of the activations' principal subspace (:func:`husai.metrics.data_baselines.data_rank`),
+    for the per-feature stability's subspace baseline; without it that baseline is left out."""
     import pandas as pd
 
     results = pd.DataFrame(_result_rows(records))
@@ -80,7 +87,8 @@ def build_tables(
     tables = {name: conform(name, ordered(df, heads[name])) for name, df in tables.items()}
     latents = gather_latents(records, out_dir)
     tables["summary"] = ordered(
-        summarise(tables["pairs"], tables["results"], bootstrap, seed, latents), SUMMARY_HEAD
+        summarise(tables["pairs"], tables["results"], bootstrap, seed, latents, data_ranks),
+        SUMMARY_HEAD,
     )
     tables[layout.LATENTS] = latents
     for name, df in tables.items():
@@ -141,8 +149,14 @@ def gather_latents(records: list[dict[str, Any]], root: Path) -> Any:
     return out.sort_values(["unit_id", "sae_id", "latent"], kind="stable").reset_index(drop=True)
 
 
-def latent_stability_columns(latents: Any) -> dict[str, dict[str, float]]:
-    """Per group_id: per-feature stability of its alive latents beside the random baseline."""
+def latent_stability_columns(
+    latents: Any, data_ranks: dict[tuple[str, str], int] | None = None
+) -> dict[str, dict[str, float]]:
+    """Per group_id: per-feature stability of its alive latents beside two analytic random
+    baselines (:func:`husai.metrics.trust.random_stability`): decoders of independent uniformly
+    random unit vectors in R^d_in (``<stat>_baseline``) and in the activations' principal
+    subspace of rank r (``<stat>_baseline_subspace``, cosines distributed as in R^r; the
+    harder of the two, since r <= d_in; present when ``data_ranks`` gives r)."""
     out: dict[str, dict[str, float]] = {}
     if latents is None or latents.empty:
         return out
@@ -158,30 +172,48 @@ def latent_stability_columns(latents: Any) -> dict[str, dict[str, float]]:
         if n_others < 1 or not len(stab):
             out[str(gid)] = cols
             continue
-        levels = np.arange(n_others + 1) / n_others
-        sizes = [int(first["d_sae"])] * (n_others + 1)
-        dist = random_stability(sizes, int(first["d_in"]), float(first["tau"]))
-        median_base = levels[int(np.argmax(np.cumsum(dist) >= 0.5 - 1e-12))]
-        cols |= {
-            "latent_stability_mean": float(stab.mean()),
-            "latent_stability_mean_baseline": float(dist @ levels),
-            "latent_stability_median": float(np.median(stab)),
-            "latent_stability_median_baseline": float(median_base),
-            "latent_stable_half": float((stab >= 0.5).mean()),
-            "latent_stable_half_baseline": float(dist[levels >= 0.5].sum()),
-            "latent_stable_all": float((stab >= 1.0).mean()),
-            "latent_stable_all_baseline": float(dist[-1]),
-        }
+        sizes, tau = [int(first["d_sae"])] * (n_others + 1), float(first["tau"])
+        sphere = _stability_baselines(random_stability(sizes, int(first["d_in"]), tau), "")
+        for name, value in (
+            ("latent_stability_mean", stab.mean()),
+            ("latent_stability_median", np.median(stab)),
+            ("latent_stable_half", (stab >= 0.5).mean()),
+            ("latent_stable_all", (stab >= 1.0).mean()),
+        ):
+            cols |= {name: float(value), f"{name}_baseline": sphere[f"{name}_baseline"]}
+        rank = (data_ranks or {}).get((str(first["checkpoint"]), str(first["hook"])))
+        if rank:
+            cols |= _stability_baselines(random_stability(sizes, rank, tau), "_subspace")
+            cols["latent_stability_data_rank"] = int(rank)
         out[str(gid)] = cols
     return out
 
 
-def summarise(pairs: Any, results: Any, bootstrap: int, seed: int, latents: Any = None) -> Any:
+def _stability_baselines(dist: np.ndarray, suffix: str) -> dict[str, float]:
+    """The four per-feature statistics of a stability distribution over k / n_others."""
+    levels = np.arange(len(dist)) / (len(dist) - 1)
+    median = levels[int(np.argmax(np.cumsum(dist) >= 0.5 - 1e-12))]
+    return {
+        f"latent_stability_mean_baseline{suffix}": float(dist @ levels),
+        f"latent_stability_median_baseline{suffix}": float(median),
+        f"latent_stable_half_baseline{suffix}": float(dist[levels >= 0.5].sum()),
+        f"latent_stable_all_baseline{suffix}": float(dist[-1]),
+    }
+
+
+def summarise(
+    pairs: Any,
+    results: Any,
+    bootstrap: int,
+    seed: int,
+    latents: Any = None,
+    data_ranks: dict[tuple[str, str], int] | None = None,
+) -> Any:
     import pandas as pd
 
     if pairs.empty:
         return pd.DataFrame()
-    per_feature = latent_stability_columns(latents)
+    per_feature = latent_stability_columns(latents, data_ranks)
     rows = []
     for (gid, metric), df in pairs.groupby(["group_id", "metric"], sort=True):
         vals = df["value"].to_numpy(dtype=np.float64)

@@ -91,6 +91,21 @@ def principal_rank(eigvals: Tensor, share: float) -> int:
     return int((cum < share - 1e-12).sum()) + 1
 
 
+def _principal_axes(x32_RD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Centred float64 rows, and the eigenvalues and eigenvectors of their covariance."""
+    x_RD = x32_RD.double()
+    centred_RD = x_RD - x_RD.mean(dim=0, keepdim=True)
+    eigvals, eigvecs = torch.linalg.eigh(centred_RD.T @ centred_RD / max(1, x_RD.shape[0]))
+    return centred_RD, eigvals, eigvecs
+
+
+def data_rank(acts_RD: Float[Tensor, "R d"], share: float = VARIANCE_SHARE) -> int:
+    """The rank of :func:`data_reference`'s principal subspace (same computation), without
+    building or caching the reference."""
+    x32_RD = torch.as_tensor(acts_RD).detach().to("cpu", torch.float32).contiguous()
+    return principal_rank(_principal_axes(x32_RD)[1], share)
+
+
 def data_reference(acts_RD: Float[Tensor, "R d"], share: float = VARIANCE_SHARE) -> DataReference:
     """PCA subspace and centred unit rows of ``acts_RD`` (module docstring).
 
@@ -109,9 +124,7 @@ def data_reference(acts_RD: Float[Tensor, "R d"], share: float = VARIANCE_SHARE)
 
 
 def _build_reference(x32_RD: Tensor, share: float, key: str) -> DataReference:
-    x_RD = x32_RD.double()
-    centred_RD = x_RD - x_RD.mean(dim=0, keepdim=True)
-    eigvals, eigvecs = torch.linalg.eigh(centred_RD.T @ centred_RD / max(1, x_RD.shape[0]))
+    centred_RD, eigvals, eigvecs = _principal_axes(x32_RD)
     order = eigvals.argsort(descending=True)
     r = principal_rank(eigvals, share)
     basis = eigvecs[:, order[:r]].T.contiguous().float()

@@ -3,8 +3,9 @@
 A latent's stability is the share of the other seeds' SAEs of its configuration that
 hold a latent at decoder cosine >= tau (definitions: :mod:`husai.experiments.unit`). The
 section shows, per configuration, its distribution over the alive latents beside the
-analytic random baseline (``summary.parquet``'s ``latent_stability_*`` columns, built by
-:mod:`husai.experiments.tables`), then how it relates to the latent's firing frequency,
+harder analytic random baseline, random directions in the activations' principal subspace
+(``summary.parquet``'s ``latent_stability_*_baseline_subspace`` columns, built by
+:mod:`husai.experiments.tables`; the unit-sphere one for tables without them), then how it relates to the latent's firing frequency,
 explained-variance contribution and plane purity: Spearman rho over the alive latents of
 each configuration, and pooled two ways, each with its n.
 """
@@ -50,9 +51,7 @@ def latents_section(store: RunView) -> Section:
             f"Per-feature stability (Kurochkin et al. 2026) of every latent: the share of the "
             f"other seeds' SAEs of the same configuration that hold a latent at decoder cosine "
             f">= {fmt(tau, 2)} (signed; partners may be dead), here over {len(alive):,} alive "
-            f"latents of {len(lat):,} ({seeds} seeds per configuration). 'Random' is the "
-            f"analytic value for decoders of independent uniformly random unit vectors with the "
-            f"same width and input dimension (a weak, unit-sphere baseline)."
+            f"latents of {len(lat):,} ({seeds} seeds per configuration). {_random_words(store.summary)}"
         )
     )
     sec.add(_distribution_table(store.summary, lat))
@@ -89,6 +88,31 @@ def _read(store: RunView) -> tuple[Any, str]:
     return lat, ""
 
 
+SUBSPACE = "_subspace"
+
+
+def _suffix(summary: Any) -> str:
+    """``_subspace`` when the summary has the subspace baseline, else "" (unit sphere)."""
+    col = f"latent_stability_mean_baseline{SUBSPACE}"
+    has = summary is not None and col in summary and bool(summary[col].notna().any())
+    return SUBSPACE if has else ""
+
+
+def _random_words(summary: Any) -> str:
+    if _suffix(summary):
+        return (
+            "'Random' is the analytic value for decoders of independent uniformly random unit "
+            "vectors inside the activations' principal subspace (the rank r holding 95% of their "
+            "variance, cosines distributed as in R^r): the harder of two analytic baselines; the "
+            "unit-sphere one (R^d_in) is in summary.parquet."
+        )
+    return (
+        "'Random' is the analytic value for decoders of independent uniformly random unit "
+        "vectors with the same width and input dimension (a weak, unit-sphere baseline: these "
+        "tables were built without the subspace one)."
+    )
+
+
 def _dict_label(r: dict[str, Any]) -> str:
     return verdict.label(SimpleNamespace(**r))
 
@@ -109,10 +133,10 @@ def _distribution_table(summary: Any, lat: Any) -> Table | Note:
             "summary.parquet has no per-feature stability columns (tables built before them)."
         )
     per = summary.drop_duplicates("group_id").set_index("group_id")
-    rows = []
+    rows, suffix = [], _suffix(summary)
     for gid, r in _group_meta(lat).iterrows():
         s = per.loc[gid] if gid in per.index else {}
-        cells = [f"{fmt(s.get(c))} ({fmt(s.get(f'{c}_baseline'))})" for c, _ in STATS]
+        cells = [f"{fmt(s.get(c))} ({fmt(s.get(f'{c}_baseline{suffix}'))})" for c, _ in STATS]
         rows.append(
             [
                 _dict_label(r.to_dict()),
@@ -132,7 +156,8 @@ def _distribution_table(summary: Any, lat: Any) -> Table | Note:
     cap = (
         "Per-feature stability over each configuration's alive latents: mean, median, share "
         "stable in at least half of the other seeds and in all of them; in brackets the "
-        "analytic random baseline (summary.parquet, from latents.parquet)."
+        f"analytic random baseline ({'principal subspace' if suffix else 'unit sphere'}; "
+        "summary.parquet, from latents.parquet)."
     )
     return Table(cols, rows, cap)
 
@@ -147,9 +172,10 @@ def _distribution_figure(alive: Any, summary: Any) -> bytes:
         shares[i] = [(stab == v).mean() for v in levels]
     means = alive.groupby("group_id")["stability"].mean().reindex(meta.index).to_numpy()
     base = np.full(len(meta), np.nan)
-    if summary is not None and "latent_stability_mean_baseline" in summary:
+    col = f"latent_stability_mean_baseline{_suffix(summary)}"
+    if summary is not None and col in summary:
         per = summary.drop_duplicates("group_id").set_index("group_id")
-        base = per["latent_stability_mean_baseline"].reindex(meta.index).to_numpy(np.float64)
+        base = per[col].reindex(meta.index).to_numpy(np.float64)
     from matplotlib import colormaps
     from matplotlib.figure import Figure as MplFigure
 

@@ -209,7 +209,8 @@ def trust(
     activations: Optional[Path] = typer.Option(
         None,
         help="HUSAI activation directory, or a .safetensors/.npy/.pt tensor (n x d_in): adds "
-        "firing frequency and the correlation of each latent's codes with its partners'.",
+        "firing frequency, the correlation of each latent's codes with its partners' and the "
+        "random baseline inside the activations' principal subspace.",
     ),
     tau: float = typer.Option(
         0.7, help="Decoder cosine at which a latent counts as found in another SAE, in (0, 1]."

@@ -204,6 +204,25 @@ def test_activation_measures_equal_a_brute_force_loop() -> None:
     assert t.fire_freq[(t.sae == 1) & (t.latent == 3)] == 0.0
 
 
+def test_random_saes_inside_the_data_subspace_score_its_baseline_not_the_spheres() -> None:
+    """SAEs of random directions inside the activations' rank-r subspace: the unit-sphere
+    baseline (R^d) calls them stable; the data-subspace one (R^r) expects what they score."""
+    d, r, s, n = 96, 6, 80, 5
+    basis_rD = torch.linalg.qr(torch.randn(d, r, generator=_gen(80)))[0].T
+    acts = torch.randn(3000, r, generator=_gen(81)) @ basis_rD
+    saes = [_ReluSAE(random_unit(s, r, _gen(90 + i)) @ basis_rD) for i in range(n)]
+    t = trust_table(saes, acts=acts, tau=0.7)
+    mean = trust_summary(t)["mean_stability"]
+    assert t.data_rank == r
+    assert mean.baseline < 1e-6 < 0.2 < mean.value  # the sphere's baseline is far too easy
+    want = random_stability([s] * n, r, 0.7) @ (np.arange(n) / (n - 1))
+    assert mean.baseline_subspace == pytest.approx(want)
+    assert abs(mean.value - mean.baseline_hardest) < 0.05 and mean.baseline_hardest == want
+    assert trust_summary(trust_table(saes, tau=0.7))["mean_stability"].baseline_subspace != (
+        mean.baseline_subspace
+    )  # NaN without activations
+
+
 def test_a_permuted_copy_correlates_one_with_its_partner() -> None:
     g = _gen(70)
     sae = _ReluSAE(torch.randn(30, 8, generator=g))

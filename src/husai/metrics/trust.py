@@ -28,7 +28,12 @@ Random baseline (:func:`random_stability`, analytic and exact): were every decod
 an independent uniformly random unit vector in R^d, a fixed u has cosine >= tau with one
 of them with probability q = I_{1 - tau^2}((d - 1) / 2, 1 / 2) / 2 (the cosine's square
 is Beta(1/2, (d - 1)/2)), an SAE of S latents holds one with p = 1 - (1 - q)^S, and the
-number of the others holding one is Poisson-binomial in those p.
+number of the others holding one is Poisson-binomial in those p. With activations, the
+harder, data-aware baseline is the same formula in R^r, r the rank of the activations'
+principal subspace holding 95% of their variance
+(:func:`husai.metrics.data_baselines.data_rank`): decoder rows uniformly random inside
+that subspace have the cosines of R^r (``data_rank``; ``baseline_subspace`` of the
+summary's stability numbers).
 
 Cost: each unordered pair of SAEs once, float32 matmuls over row chunks of one SAE
 against the whole other (a ``chunk x S`` buffer, never ``n_total x n_total``). Rows get
@@ -51,6 +56,7 @@ from torch import Tensor
 
 from husai.errors import UserError
 from husai.metrics.baselines import MetricValue, metric_value
+from husai.metrics.data_baselines import data_rank
 from husai.metrics.inputs import as_decoder
 from husai.metrics.matching import unit_rows
 
@@ -78,6 +84,8 @@ class TrustTable:
     partner_corr: Float[np.ndarray, " rows"] | None
     tau: float
     d_in: int
+    data_rank: int | None = None
+    """Rank of the activations' principal subspace (95% of variance); None without them."""
 
     @property
     def sizes(self) -> list[int]:
@@ -151,6 +159,7 @@ def trust_table(
         partner_corr=None if corr is None else _concat(corr),
         tau=float(tau),
         d_in=int(units[0].shape[1]),
+        data_rank=None if acts is None else data_rank(acts),
     )
 
 
@@ -336,9 +345,13 @@ RANDOM_KIND = "random_unit_analytic"
 
 
 def trust_summary(table: TrustTable) -> dict[str, MetricValue]:
-    """Headline numbers, each beside its random baseline (analytic; module docstring)."""
+    """Headline numbers, each beside its random baseline (analytic; module docstring): the
+    unit sphere's, and with activations the data subspace's (``baseline_subspace``)."""
     dist = random_stability(table.sizes, table.d_in, table.tau)
+    rank = table.data_rank
+    sub = None if not rank else random_stability(table.sizes, rank, table.tau)
     n = len(table.names)
+    levels = np.arange(n) / (n - 1)
     stab, n_rows = table.stability, len(table.stability)
     unstable = stab < UNSTABLE_BELOW
     share = table.subspace_share[unstable]
@@ -346,14 +359,18 @@ def trust_summary(table: TrustTable) -> dict[str, MetricValue]:
     sub_base = (table.subspace_rank[unstable][ok] / table.d_in).mean() if ok.any() else math.nan
 
     def value(
-        name: str, x: float, base: float, kind: str = RANDOM_KIND, n: int = n_rows
+        name: str, x: float, base: float, kind: str = RANDOM_KIND, n: int = n_rows, **extra: Any
     ) -> MetricValue:
-        return metric_value(name, x, base, baseline_kind=kind, n_latents=(n, n_rows))
+        return metric_value(name, x, base, baseline_kind=kind, n_latents=(n, n_rows), **extra)
+
+    def stat(name: str, x: float, of: Any) -> MetricValue:
+        in_data = {} if sub is None else {"baseline_subspace": float(of(sub))}
+        return value(name, x, float(of(dist)), **in_data)
 
     return {
-        "mean_stability": value("mean_stability", stab.mean(), dist @ (np.arange(n) / (n - 1))),
-        "stable_in_all": value("stable_in_all", (stab >= 1.0).mean(), dist[-1]),
-        "stable_in_any": value("stable_in_any", (stab > 0).mean(), 1.0 - dist[0]),
+        "mean_stability": stat("mean_stability", stab.mean(), lambda p: p @ levels),
+        "stable_in_all": stat("stable_in_all", (stab >= 1.0).mean(), lambda p: p[-1]),
+        "stable_in_any": stat("stable_in_any", (stab > 0).mean(), lambda p: 1.0 - p[0]),
         "subspace_share_unstable": value(
             "subspace_share_unstable",
             share[ok].mean() if ok.any() else math.nan,

@@ -197,7 +197,7 @@ def summary_text(table: TrustTable, summary: dict[str, MetricValue]) -> str:
     n = len(table.names)
     lines = [
         f"trust over {n} SAEs ({len(table.stability):,} latents, d_in {table.d_in}, tau {table.tau:g})",
-        f"{'':<36} {'value':>8} {'random':>8}  baseline",
+        f"{'':<36} {'value':>8} {'random':>8}  baseline (the hardest present)",
     ]
     labels = {
         "mean_stability": "mean stability",
@@ -207,10 +207,8 @@ def summary_text(table: TrustTable, summary: dict[str, MetricValue]) -> str:
     }
     for key, label in labels.items():
         mv = summary[key]
-        kind = (
-            "r / d_in (exact)" if key.startswith("subspace") else "random unit decoders (analytic)"
-        )
-        lines.append(f"{label:<36} {fmt(mv.value, 4):>8} {fmt(mv.baseline, 4):>8}  {kind}")
+        kind = "r / d_in (exact)" if key.startswith("subspace") else _stability_kind(table, mv)
+        lines.append(f"{label:<36} {fmt(mv.value, 4):>8} {fmt(mv.baseline_hardest, 4):>8}  {kind}")
     for i, name in enumerate(table.names):
         rows = table.sae == i
         stab = table.stability[rows]
@@ -219,6 +217,15 @@ def summary_text(table: TrustTable, summary: dict[str, MetricValue]) -> str:
             f"mean stability {fmt(stab.mean())}, subspace rank {int(table.subspace_rank[rows][0])}"
         )
     return "\n".join(lines)
+
+
+def _stability_kind(table: TrustTable, mv: MetricValue) -> str:
+    if table.data_rank and mv.baseline_subspace == mv.baseline_hardest:
+        return (
+            f"random decoders in the activations' rank-{table.data_rank} principal subspace "
+            f"(analytic; unit sphere {fmt(mv.baseline, 4)})"
+        )
+    return "random unit decoders (analytic)"
 
 
 def stability_figure(table: TrustTable) -> bytes:

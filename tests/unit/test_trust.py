@@ -223,6 +223,28 @@ def test_random_saes_inside_the_data_subspace_score_its_baseline_not_the_spheres
     )  # NaN without activations
 
 
+@pytest.mark.parametrize(("inside", "want"), [(True, 4 / 8), (False, 0.0)])
+def test_subspace_share_baseline_in_the_data_is_r_over_rank_inside_and_zero_outside(
+    inside: bool, want: float
+) -> None:
+    """Unstable latents random in a rank-8 plane set: with the data in that same subspace a
+    random data direction has expected share r / R = 4 / 8 in any 4 of its dimensions;
+    with the data orthogonal to it, 0. (Exact: E[u u^T] = B^T B / R.)"""
+    d, big = 48, torch.linalg.qr(torch.randn(48, 16, generator=_gen(100)))[0].T
+    latents_rD, data_rD = big[:8], big[:8] if inside else big[8:]
+    acts = torch.randn(2000, 8, generator=_gen(101)) @ data_rD
+    saes = [_ReluSAE(random_unit(30, 8, _gen(110 + i)) @ latents_rD) for i in range(3)]
+    t = trust_table(saes, acts=acts, tau=0.999, subspace_rank=4)
+    assert t.d_in == d and (t.subspace_rank == 4).all()
+    np.testing.assert_allclose(t.subspace_baseline_data, want, atol=1e-6)
+    share = trust_summary(t)["subspace_share_unstable"]
+    assert share.value == pytest.approx(t.subspace_share.mean())
+    assert share.baseline == pytest.approx(4 / d) and share.baseline_subspace == pytest.approx(
+        want, abs=1e-6
+    )
+    assert "subspace_baseline_data" in t.columns()
+
+
 def test_a_permuted_copy_correlates_one_with_its_partner() -> None:
     g = _gen(70)
     sae = _ReluSAE(torch.randn(30, 8, generator=g))

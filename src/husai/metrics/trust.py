@@ -18,7 +18,11 @@ the same activations (seeds, or any SAELens checkpoints), every latent of every 
   ||Q_i u||^2 in [0, 1]. r is ``subspace_rank`` when given, else the participation
   ratio (sum lambda)^2 / sum lambda^2 of that Gram matrix's eigenvalues (rounded up),
   capped at d_in // 4; never above the number of pooled rows. Baseline: r / d_in, the
-  exact expected share of a uniformly random unit vector in a fixed r-dim subspace.
+  exact expected share of a uniformly random unit vector in a fixed r-dim subspace; with
+  activations also the data-aware one, the exact expected share of a unit vector uniformly
+  random inside the activations' principal subspace (orthonormal basis B, rank R):
+  E||Q_i u||^2 = tr(Q_i B^T B Q_i^T) / R = ||Q_i B^T||_F^2 / R (since E[u u^T] = B^T B / R).
+  Decoders live in the data's subspace, so on low-rank activations this one is near 1.
   With no unstable latent among the others the share is NaN (r = 0);
 - with activations ``[R, d_in]``: **firing frequency** (share of rows with code > 0) and
   **partner correlation**: the Pearson correlation of u's codes with its partner's codes
@@ -56,7 +60,7 @@ from torch import Tensor
 
 from husai.errors import UserError
 from husai.metrics.baselines import MetricValue, metric_value
-from husai.metrics.data_baselines import data_rank
+from husai.metrics.data_baselines import data_reference
 from husai.metrics.inputs import as_decoder
 from husai.metrics.matching import unit_rows
 
@@ -86,6 +90,9 @@ class TrustTable:
     d_in: int
     data_rank: int | None = None
     """Rank of the activations' principal subspace (95% of variance); None without them."""
+    subspace_baseline_data: Float[np.ndarray, " rows"] | None = None
+    """The row's SAE's data-aware subspace-share baseline (module docstring); None without
+    activations, NaN where the share is."""
 
     @property
     def sizes(self) -> list[int]:
@@ -103,6 +110,8 @@ class TrustTable:
             "subspace_rank": self.subspace_rank,
             "subspace_baseline": self.subspace_rank / self.d_in,
         }
+        if self.subspace_baseline_data is not None:
+            cols["subspace_baseline_data"] = self.subspace_baseline_data
         if self.fire_freq is not None and self.partner_corr is not None:
             cols |= {"fire_freq": self.fire_freq, "partner_corr": self.partner_corr}
         for j in range(len(self.names)):
@@ -142,10 +151,11 @@ def trust_table(
     names = [str(i) for i in range(len(units))] if names is None else [str(n) for n in names]
     idx, cos = best_partners(units, chunk=chunk, block=block)
     stab = [stability(c, tau) for c in cos]
-    shares, ranks = subspace_shares(units, stab, subspace_rank)
-    fire = corr = None
+    shares, ranks, tops = subspace_shares(units, stab, subspace_rank)
+    fire = corr = data_basis = None
     if acts is not None:
         fire, corr = activation_stats(saes, acts, idx)
+        data_basis = data_reference(acts).basis.double()
     return TrustTable(
         names=names,
         sae=_concat([np.full(len(u), i) for i, u in enumerate(units)]),
@@ -159,8 +169,22 @@ def trust_table(
         partner_corr=None if corr is None else _concat(corr),
         tau=float(tau),
         d_in=int(units[0].shape[1]),
-        data_rank=None if acts is None else data_rank(acts),
+        data_rank=None if data_basis is None else int(data_basis.shape[0]),
+        subspace_baseline_data=None if data_basis is None else _per_row(units, tops, data_basis),
     )
+
+
+def _per_row(units: list[Tensor], tops: list[Tensor | None], basis_RD: Tensor) -> np.ndarray:
+    """Each row's SAE's data-aware subspace-share baseline."""
+    per_sae = [_share_in_data(t, basis_RD) for t in tops]
+    return _concat([np.full(len(u), b) for u, b in zip(units, per_sae, strict=True)])
+
+
+def _share_in_data(top_Dr: Tensor | None, basis_RD: Tensor) -> float:
+    """E||Q^T u||^2 for u uniform on the unit sphere of the data subspace (module docstring)."""
+    if top_Dr is None or not len(basis_RD):
+        return math.nan
+    return min(1.0, float((basis_RD @ top_Dr.double()).pow(2).sum()) / basis_RD.shape[0])
 
 
 def _concat(parts: Sequence[Any]) -> np.ndarray:
@@ -243,8 +267,9 @@ def _argmax_in_blocks(
 
 def subspace_shares(
     units: list[Float[Tensor, "S D"]], stab: list[np.ndarray], rank: int | None
-) -> tuple[list[np.ndarray], list[int]]:
-    """Per SAE: each latent's share in the top-r subspace of the others' unstable latents."""
+) -> tuple[list[np.ndarray], list[int], list[Tensor | None]]:
+    """Per SAE: each latent's share in the top-r subspace of the others' unstable latents,
+    r, and that subspace's orthonormal basis ``[D, r]`` (None where r = 0)."""
     d = units[0].shape[1]
     pools = [
         u[torch.from_numpy(s < UNSTABLE_BELOW) & (u.norm(dim=1) > 0)]
@@ -252,12 +277,13 @@ def subspace_shares(
     ]
     grams = [(p.T @ p).double() for p in pools]
     total = sum(grams, torch.zeros(d, d, dtype=torch.float64))
-    shares, ranks = [], []
+    shares, ranks, tops = [], [], []
     for i, u in enumerate(units):
         n_pooled = sum(len(p) for j, p in enumerate(pools) if j != i)
         if n_pooled == 0:
             shares.append(np.full(len(u), math.nan))
             ranks.append(0)
+            tops.append(None)
             continue
         lam, vec = torch.linalg.eigh(total - grams[i])  # ascending
         lam = lam.clamp_min(0.0)
@@ -266,7 +292,8 @@ def subspace_shares(
         top = vec[:, -r:].float()  # [D, r]: the top-r principal directions as columns
         shares.append((u @ top).pow(2).sum(dim=1).clamp(0.0, 1.0).double().numpy())
         ranks.append(r)
-    return shares, ranks
+        tops.append(top)
+    return shares, ranks, tops
 
 
 def _participation_rank(lam: Tensor, d: int) -> int:
@@ -377,5 +404,13 @@ def trust_summary(table: TrustTable) -> dict[str, MetricValue]:
             sub_base,
             kind="random_unit_exact",
             n=int(ok.sum()),
+            **_data_share_baseline(table, unstable, ok),
         ),
     }
+
+
+def _data_share_baseline(table: TrustTable, unstable: np.ndarray, ok: np.ndarray) -> dict:
+    """``baseline_subspace`` of the unstable latents' subspace share, when activations gave one."""
+    if table.subspace_baseline_data is None or not ok.any():
+        return {}
+    return {"baseline_subspace": float(table.subspace_baseline_data[unstable][ok].mean())}

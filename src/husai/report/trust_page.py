@@ -207,7 +207,9 @@ def summary_text(table: TrustTable, summary: dict[str, MetricValue]) -> str:
     }
     for key, label in labels.items():
         mv = summary[key]
-        kind = "r / d_in (exact)" if key.startswith("subspace") else _stability_kind(table, mv)
+        kind = (
+            _subspace_kind(table, mv) if key.startswith("subspace") else _stability_kind(table, mv)
+        )
         lines.append(f"{label:<36} {fmt(mv.value, 4):>8} {fmt(mv.baseline_hardest, 4):>8}  {kind}")
     for i, name in enumerate(table.names):
         rows = table.sae == i
@@ -217,6 +219,15 @@ def summary_text(table: TrustTable, summary: dict[str, MetricValue]) -> str:
             f"mean stability {fmt(stab.mean())}, subspace rank {int(table.subspace_rank[rows][0])}"
         )
     return "\n".join(lines)
+
+
+def _subspace_kind(table: TrustTable, mv: MetricValue) -> str:
+    if table.data_rank and mv.baseline_subspace == mv.baseline_hardest:
+        return (
+            f"a random unit vector inside the activations' rank-{table.data_rank} principal "
+            f"subspace (exact; r / d_in {fmt(mv.baseline, 4)})"
+        )
+    return "r / d_in (exact)"
 
 
 def _stability_kind(table: TrustTable, mv: MetricValue) -> str:

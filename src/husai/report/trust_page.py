@@ -207,9 +207,7 @@ def summary_text(table: TrustTable, summary: dict[str, MetricValue]) -> str:
     }
     for key, label in labels.items():
         mv = summary[key]
-        kind = (
-            _subspace_kind(table, mv) if key.startswith("subspace") else _stability_kind(table, mv)
-        )
+        kind = _kind(table, mv, subspace=key.startswith("subspace"))
         lines.append(f"{label:<36} {fmt(mv.value, 4):>8} {fmt(mv.baseline_hardest, 4):>8}  {kind}")
     for i, name in enumerate(table.names):
         rows = table.sae == i
@@ -221,22 +219,16 @@ def summary_text(table: TrustTable, summary: dict[str, MetricValue]) -> str:
     return "\n".join(lines)
 
 
-def _subspace_kind(table: TrustTable, mv: MetricValue) -> str:
+def _kind(table: TrustTable, mv: MetricValue, subspace: bool) -> str:
+    """Which random baseline the summary line shows: the data subspace's when it is the hardest."""
     if table.data_rank and mv.baseline_subspace == mv.baseline_hardest:
+        what = "a random unit vector" if subspace else "random decoders"
+        sphere = "exact; r / d_in" if subspace else "analytic; unit sphere"
         return (
-            f"a random unit vector inside the activations' rank-{table.data_rank} principal "
-            f"subspace (exact; r / d_in {fmt(mv.baseline, 4)})"
+            f"{what} inside the activations' rank-{table.data_rank} principal subspace "
+            f"({sphere} {fmt(mv.baseline, 4)})"
         )
-    return "r / d_in (exact)"
-
-
-def _stability_kind(table: TrustTable, mv: MetricValue) -> str:
-    if table.data_rank and mv.baseline_subspace == mv.baseline_hardest:
-        return (
-            f"random decoders in the activations' rank-{table.data_rank} principal subspace "
-            f"(analytic; unit sphere {fmt(mv.baseline, 4)})"
-        )
-    return "random unit decoders (analytic)"
+    return "r / d_in (exact)" if subspace else "random unit decoders (analytic)"
 
 
 def stability_figure(table: TrustTable) -> bytes:

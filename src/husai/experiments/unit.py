@@ -48,6 +48,7 @@ from torch import Tensor
 
 from husai.config import StudyMetricsConfig
 from husai.experiments.grid import Unit
+from husai.metrics import ground_truth_summary, pw_mcc, random_unit_baseline, stability_pair
 from husai.metrics.baselines import hardest
 from husai.metrics.data_baselines import (
     DataReference,
@@ -59,6 +60,9 @@ from husai.metrics.data_baselines import (
 from husai.metrics.ground_truth import latent_purity
 from husai.metrics.matching import unit_rows
 from husai.metrics.trust import best_partners, stability
+from husai.model import build_model
+from husai.model.splice import loss_with_replacement
+from husai.saes import evaluate, init_group, load_sae, train_group
 from husai.saes.io import save_member
 from husai.schema import DynamicsRow, GroupKey, PairRow, SaeRecord, group_id
 
@@ -110,8 +114,6 @@ def execute_unit(payload: UnitPayload) -> UnitResult:
 
 
 def _execute(payload: UnitPayload) -> UnitResult:
-    from husai.saes import init_group, train_group
-
     unit, acts_ND = payload.unit, payload.acts_ND
     t0 = time.perf_counter()
     group = train_group(acts_ND, list(unit.sae_cfgs), unit.sae_train)
@@ -171,8 +173,6 @@ def _measure_sae(
 
     Returns the record, its codes on all rows, its alive mask and the SAE as saved. The
     SAE's id is its folder's name from :func:`husai.saes.io.save_member`, as train-saes'."""
-    from husai.saes import evaluate, load_sae
-
     unit, (cfg, seed) = payload.unit, member
     sparsity = float(getattr(cfg, unit.sparsity_name))
     model_cfg = payload.model_cfg
@@ -215,8 +215,6 @@ def _load_model(payload: UnitPayload) -> Any:
         or not payload.metrics.loss_recovered
     ):
         return None
-    from husai.model import build_model
-
     model = build_model(payload.model_cfg.task, payload.model_cfg.model)
     model.load_state_dict(payload.model_state)
     return model.eval()
@@ -226,8 +224,6 @@ def _loss_recovered(
     model: Any, payload: UnitPayload, sae: Any, cache: dict[str, Any]
 ) -> dict[str, float]:
     """Loss with the SAE spliced in; clean and ablated losses are computed once per unit."""
-    from husai.model.splice import loss_with_replacement
-
     with torch.no_grad():
         out = loss_with_replacement(
             model,
@@ -244,8 +240,6 @@ def _loss_recovered(
 def _ground_truth(payload: UnitPayload, sae: Any, codes_NS: Tensor) -> dict[str, Any]:
     if payload.planes is None:
         return {}
-    from husai.metrics import ground_truth_summary
-
     return _plain(ground_truth_summary(sae.W_dec, payload.planes, codes_NS, payload.modulus))
 
 
@@ -299,8 +293,6 @@ def _pair_rows(
     ``baseline`` is the unit-sphere baseline; ``baseline_subspace`` and ``baseline_acts``
     the data-aware ones (NaN where a metric has none); ``baseline_hardest`` the largest.
     """
-    from husai.metrics import stability_pair
-
     seeds = unit.sae_train.init_seeds
     rows = []
     for s_idx, cfg in enumerate(unit.sae_cfgs):
@@ -338,8 +330,6 @@ def _dynamics_rows(
     unit: Unit, payload: UnitPayload, snapshots: dict[int, Tensor], data: DataReference
 ) -> list[DynamicsRow]:
     """Cross-seed PW-MCC (all latents) at every decoder snapshot, beside its random baselines."""
-    from husai.metrics import pw_mcc, random_unit_baseline
-
     seeds = unit.sae_train.init_seeds
     rows = []
     for step, dec_NSD in sorted(snapshots.items()):

@@ -26,8 +26,6 @@ the group it is trained in.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -223,39 +221,13 @@ def _operands(t_NXY: Tensor) -> list[Tensor]:
     return [t.clone(memory_format=torch.contiguous_format) for t in t_NXY.unbind(0)]
 
 
-ONE_THREAD_MAX_MACS = 2**27
-"""Per-model GEMMs of at most this many multiply-adds (M*K*N) run at one thread."""
-
-
-@contextmanager
-def _one_thread(macs: int) -> Iterator[None]:
-    """Run the per-model GEMMs of one call at one thread when each is small. A small GEMM gains little from a
-    second thread, and each threaded call forks and joins a thread team: ~100 such calls
-    per step cost 1.15-1.5x the old batched step at 2 threads on a quiet 2-core machine and
-    10-50x when another process holds a core (a descheduled worker stalls every join).
-    MKL's sgemm gave the same bits at 1 and 2 threads for every shape and transposition
-    with M*K*N <= 2**27 (2644 shapes; the default study's are at most 2**24), so results
-    are unchanged; larger GEMMs keep every thread. The choice depends on the shapes alone,
-    so a model alone and in a group runs the same call."""
-    threads = torch.get_num_threads()
-    if threads == 1 or macs > ONE_THREAD_MAX_MACS:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _mm_into(out_NXZ: Tensor, A_NXY: Tensor, B_NYZ: Tensor) -> Tensor:
     direct = _stable_layout(out_NXZ)
-    with _one_thread(A_NXY.shape[1] * A_NXY.shape[2] * B_NYZ.shape[2]):
-        for n, (a, b) in enumerate(zip(_operands(A_NXY), _operands(B_NYZ), strict=True)):
-            if direct:
-                torch.mm(a, b, out=out_NXZ[n])
-            else:
-                out_NXZ[n].copy_(torch.mm(a, b))
+    for n, (a, b) in enumerate(zip(_operands(A_NXY), _operands(B_NYZ), strict=True)):
+        if direct:
+            torch.mm(a, b, out=out_NXZ[n])
+        else:
+            out_NXZ[n].copy_(torch.mm(a, b))
     return out_NXZ
 
 

@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from husai.devices import on_cpu, resolve_device
 from husai.errors import UserError
 from husai.io import atomic_save_safetensors, atomic_write_json, load_safetensors
 from husai.model.fourier import FourierGroup, FourierPlanes, effective_rank, fit_planes, task_group
@@ -58,9 +59,14 @@ def hook_slug(hook: str, position: int = -1) -> str:
 
 
 def extract(
-    model: Any, tokens: Int[Tensor, "n pos"], hooks: list[str], position: int = -1
+    model: Any,
+    tokens: Int[Tensor, "n pos"],
+    hooks: list[str],
+    position: int = -1,
+    device: str | torch.device | None = None,
 ) -> dict[str, Tensor]:
-    """Activations [n, d] (float32) at ``position`` of each hook; bad hooks/positions -> UserError."""
+    """Activations [n, d] (float32, on the CPU) at ``position`` of each hook, the forward
+    passes on ``device`` (the model is moved there); bad hooks/positions -> UserError."""
     from husai.model.splice import check_hook
 
     for hook in hooks:
@@ -69,11 +75,14 @@ def extract(
     if not -n_ctx <= position < n_ctx:
         raise UserError(f"position: expected an integer in [-{n_ctx}, {n_ctx - 1}], got {position}")
     chunks: dict[str, list[Tensor]] = {h: [] for h in hooks}
+    dev = resolve_device(device)
+    if not on_cpu(dev):
+        model = model.to(dev, print_details=False)
     with torch.no_grad():
         for batch in tokens.split(4096):
-            _, cache = model.run_with_cache(batch, names_filter=lambda name: name in chunks)
+            _, cache = model.run_with_cache(batch.to(dev), names_filter=lambda n: n in chunks)
             for hook in hooks:
-                chunks[hook].append(_select(cache[hook], hook, position))
+                chunks[hook].append(_select(cache[hook], hook, position).cpu())
     return {h: torch.cat(c).float().contiguous() for h, c in chunks.items()}
 
 
@@ -88,8 +97,10 @@ def extract_to_dirs(
     out_parent: Path,
     position: int = -1,
     checkpoint: str = "final",
+    device: str | torch.device | None = None,
 ) -> list[Path]:
-    """Write one activation dir per hook under ``out_parent``; return their paths."""
+    """Write one activation dir per hook under ``out_parent``; return their paths. The
+    forward passes run on ``device``; planes are fitted on the CPU."""
     from husai.model.analysis import weight_fourier
     from husai.model.store import load_model, load_run_config, model_sha256
     from husai.tasks import make_dataset
@@ -104,7 +115,7 @@ def extract_to_dirs(
     else:
         key_freqs = weight_fourier(model, cfg.task.modulus, cfg.task.op)["key_freqs"]
     todo = [h for h in hooks if not _is_current(Path(out_parent) / hook_slug(h, position), sha)]
-    acts = extract(model, data.tokens, todo, position) if todo else {}
+    acts = extract(model, data.tokens, todo, position, device) if todo else {}
     for hook, acts_ND in acts.items():
         planes = fit_planes(acts_ND, data.pairs, cfg.task.modulus, key_freqs, group=group)
         meta = _meta(hook, position, sha, checkpoint, cfg.task, acts_ND, planes)

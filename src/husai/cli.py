@@ -34,6 +34,16 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 SetOpt = typer.Option(
     None, "--set", help="Override a config field, e.g. --set sae.k=16 (repeatable)."
 )
+DeviceOpt = typer.Option(
+    None,
+    "--device",
+    help="'auto' (CUDA when available), 'cpu' or 'cuda'; default: the config's device (cpu).",
+)
+
+
+def _with_device(set_: Optional[list[str]], device: Optional[str]) -> list[str]:
+    """``--device`` as the config override ``device=...`` (validated with the config)."""
+    return [*(set_ or []), *([f"device={device}"] if device is not None else [])]
 
 
 @contextmanager
@@ -91,11 +101,12 @@ def train_model_command(
     config: Path = typer.Argument(..., help="Experiment/model YAML (task, model, train)."),
     out: Path = typer.Option(Path("runs/models"), help="Parent directory of the model run."),
     set_: Optional[list[str]] = SetOpt,
+    device: Optional[str] = DeviceOpt,
 ) -> None:
     """Train the transformer on the modular task (full batch) and save checkpoints."""
     from husai.model.train import train_model
 
-    run_dir = train_model(_load(config, set_), out)
+    run_dir = train_model(_load(config, _with_device(set_, device)), out)
     print(f"model run: {run_dir}")
 
 
@@ -107,11 +118,12 @@ def extract(
     out: Path = typer.Option(
         Path("runs/activations"), help="Parent directory of the activation dirs."
     ),
+    device: str = typer.Option("cpu", help="'auto', 'cpu' or 'cuda': where the forward runs."),
 ) -> None:
     """Extract activations at hook points for all p^2 inputs, with ground-truth Fourier planes."""
     from husai.activations import extract_to_dirs
 
-    for path in extract_to_dirs(model_dir, hook, out, position=position):
+    for path in extract_to_dirs(model_dir, hook, out, position=position, device=device):
         print(f"activations: {path}")
 
 
@@ -165,12 +177,13 @@ def train_saes(
     ),
     out: Path = typer.Option(Path("runs/saes"), help="Parent directory; one subdirectory per SAE."),
     set_: Optional[list[str]] = SetOpt,
+    device: Optional[str] = DeviceOpt,
 ) -> None:
     """Train one batched group of SAEs (every seed at once) and write one directory per SAE."""
     from husai.activations import extract_to_dirs
     from husai.saes.api import train_saes_from_config
 
-    cfg = _load(config, set_)
+    cfg = _load(config, _with_device(set_, device))
     if activations is None:
         model_dir = data_root() / DEFAULT_MODEL
         (activations,) = extract_to_dirs(model_dir, [cfg.hook], Path("runs/activations"))
@@ -322,9 +335,11 @@ def sweep(
     executor: str = ExecutorOpt,
     address: Optional[str] = AddressOpt,
     set_: Optional[list[str]] = SetOpt,
+    device: Optional[str] = DeviceOpt,
 ) -> None:
     """Run a study's SAE grid (resumable) and write results tables, without the report."""
-    print(f"study: {_study(study, out, executor, address, set_, report=False)}")
+    overrides = _with_device(set_, device)
+    print(f"study: {_study(study, out, executor, address, overrides, report=False)}")
 
 
 @_command("report")
@@ -347,9 +362,11 @@ def run(
     executor: str = ExecutorOpt,
     address: Optional[str] = AddressOpt,
     set_: Optional[list[str]] = SetOpt,
+    device: Optional[str] = DeviceOpt,
 ) -> None:
     """The main job: model, activations, SAEs, metrics and the report, resumably."""
-    print(f"report: {_study(study, out, executor, address, set_, report=True)}")
+    overrides = _with_device(set_, device)
+    print(f"report: {_study(study, out, executor, address, overrides, report=True)}")
 
 
 @_command("validate")

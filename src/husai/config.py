@@ -191,6 +191,10 @@ class SweepConfig(FrozenConfig):
         return self
 
 
+Device = Literal["auto", "cpu", "cuda"]
+"""A device name as configs and ``--device`` take it (:func:`husai.devices.resolve_device`)."""
+
+
 class ExperimentConfig(FrozenConfig):
     """A whole HUSAI experiment: task, transformer, its training, and the SAEs."""
 
@@ -205,6 +209,9 @@ class ExperimentConfig(FrozenConfig):
     """Hook point whose activations the SAEs read."""
     sweep: SweepConfig = SweepConfig()
     tracking: TrackingConfig = TrackingConfig()
+    device: Device = "cpu"
+    """Where training and extraction run: ``auto`` (CUDA when available), ``cpu`` or ``cuda``
+    (:mod:`husai.devices`); not part of any run's identity but an SAE unit's off the CPU."""
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -433,6 +440,10 @@ class StudyConfig(FrozenConfig):
     tracking: TrackingConfig = TrackingConfig()
     consensus: ConsensusStudyConfig | None = None
     """Build a consensus SAE per configuration (None: none)."""
+    device: Device = "cpu"
+    """Where SAE units train (and a model the study trains): ``auto`` (CUDA when available),
+    ``cpu`` or ``cuda`` (:mod:`husai.devices`). Units trained off the CPU get their own ids,
+    so a store never mixes them with CPU-trained ones."""
 
     @field_validator("grid", mode="before")
     @classmethod
@@ -505,6 +516,7 @@ class StudyConfig(FrozenConfig):
             model=self.model,
             train=self.train,
             tracking=self.tracking,
+            device=self.device,
         )
 
 

@@ -34,7 +34,10 @@ def run_ray(
         raise UserError("--executor ray: ray is not installed (pip install 'husai[ray]')") from None
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING)
-    n_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    on_gpu = bool(payloads) and payloads[0].device != "cpu"
+    if on_gpu and ray.cluster_resources().get("GPU", 0) < 1:
+        raise UserError("device cuda: the Ray cluster has no GPU; use device cpu")
+    n_gpus = 1 if on_gpu else 0  # a unit asks for the GPU it trains on, and only then
     task = ray.remote(num_gpus=n_gpus, max_retries=max_retries)(execute_unit)
     pending = {task.remote(p): p.unit_id for p in payloads}
     while pending:

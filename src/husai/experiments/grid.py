@@ -60,9 +60,13 @@ class Unit:
             "sae_train": self.sae_train.model_dump(mode="json"),
         }
 
-    def unit_id(self, activations_id: str) -> str:
-        """Content hash of this unit and the activations it trains on."""
-        blob = json.dumps({"unit": self.content(), "acts": activations_id}, sort_keys=True)
+    def unit_id(self, activations_id: str, device: str = "cpu") -> str:
+        """Content hash of this unit, the activations it trains on and, off the CPU, the
+        device (CPU ids are the ones from before devices existed)."""
+        key: dict[str, Any] = {"unit": self.content(), "acts": activations_id}
+        if device != "cpu":
+            key["device"] = device
+        blob = json.dumps(key, sort_keys=True)
         slug = f"{self.arch}-w{self.d_sae}-{hook_abbrev(self.hook)}-{self.checkpoint}"
         return f"{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 

@@ -41,6 +41,7 @@ from rich.console import Console
 from husai import layout
 from husai.activations import extract_to_dirs, hook_slug, load_activations
 from husai.config import StudyConfig, language_model_layer
+from husai.devices import unit_device
 from husai.errors import DiskFullError, RunInterrupted, UserError
 from husai.experiments.consensus_step import run_consensus
 from husai.experiments.executors import run_local, run_ray
@@ -84,6 +85,7 @@ def run_study(
     if study_file != Path(study_path):
         console.print(f"study file: {study_file} (shipped with husai)")
     study = StudyConfig.from_yaml(study_file, overrides)
+    study = study.model_copy(update={"device": unit_device(study.device, executor)})
     units = expand_grid(study)  # validates every grid value before any work
     reuse, lm = None, None
     if study.language_model is None:
@@ -154,7 +156,7 @@ def _run(
         console.print(
             f"[yellow]{len(failures)} unit(s) failed; see {store.root / 'failures.json'}[/]"
         )
-    current = {_unit_id(unit, acts_dirs) for unit in units}
+    current = {_unit_id(unit, acts_dirs, study.device) for unit in units}
     ours = [r for r in records if r["unit_id"] in current]
     run_consensus(study, store.root, ours, acts_dirs, console)
     if not report:
@@ -351,7 +353,7 @@ def run_units(
     todo: list[tuple[Unit, str, Path]] = []
     for unit in units:
         acts_dir = acts_dirs[(unit.checkpoint, unit.hook)]
-        uid = _unit_id(unit, acts_dirs)
+        uid = _unit_id(unit, acts_dirs, study.device)
         if not store.is_done(uid):
             todo.append((unit, uid, acts_dir))
     console.print(f"{len(units) - len(todo)} unit(s) already done, {len(todo)} to run")
@@ -384,7 +386,9 @@ def _payload(
     study: StudyConfig, unit: Unit, uid: str, acts: Any, model_dir: Path | None
 ) -> UnitPayload:
     if model_dir is None:  # a language model: no planes, no splicing
-        return UnitPayload(unit=unit, unit_id=uid, acts_ND=acts.acts, metrics=study.metrics)
+        return UnitPayload(
+            unit=unit, unit_id=uid, acts_ND=acts.acts, metrics=study.metrics, device=study.device
+        )
     ds = make_dataset(study.task)
     model = load_model(model_dir, unit.checkpoint) if study.metrics.loss_recovered else None
     return UnitPayload(
@@ -400,11 +404,12 @@ def _payload(
         else {k: v.clone() for k, v in model.state_dict().items()},
         tokens=ds.tokens,
         labels=ds.labels,
+        device=study.device,
     )
 
 
-def _unit_id(unit: Unit, acts_dirs: dict[tuple[str, str], Path]) -> str:
-    return unit.unit_id(_activations_id(acts_dirs[(unit.checkpoint, unit.hook)]))
+def _unit_id(unit: Unit, acts_dirs: dict[tuple[str, str], Path], device: str) -> str:
+    return unit.unit_id(_activations_id(acts_dirs[(unit.checkpoint, unit.hook)]), device)
 
 
 def _activations_id(acts_dir: Path) -> str:

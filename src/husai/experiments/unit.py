@@ -83,6 +83,8 @@ class UnitPayload:
     model_state: dict[str, Tensor] | None = None
     tokens: Tensor | None = None
     labels: Tensor | None = None
+    device: str = "cpu"
+    """Where the SAEs train (``cpu`` or ``cuda``); the measurements run on the CPU."""
 
 
 @dataclass
@@ -116,7 +118,7 @@ def execute_unit(payload: UnitPayload) -> UnitResult:
 def _execute(payload: UnitPayload) -> UnitResult:
     unit, acts_ND = payload.unit, payload.acts_ND
     t0 = time.perf_counter()
-    group = train_group(acts_ND, list(unit.sae_cfgs), unit.sae_train)
+    group = train_group(acts_ND, list(unit.sae_cfgs), unit.sae_train, device=payload.device)
     train_s = time.perf_counter() - t0
     init_sae = init_group(acts_ND.shape[1], list(unit.sae_cfgs), unit.sae_train)
     model, loss_cache = _load_model(payload), {}

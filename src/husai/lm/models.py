@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from husai.devices import resolve_device
 from husai.errors import UserError
 from husai.io import sha256_tensors
 from husai.lm.demo import DEMO_MODEL, minilm_dir
@@ -105,17 +106,6 @@ def _run_to_block(model: nn.Module, block: nn.Module, ids_BT: Tensor) -> Tensor:
     finally:
         handle.remove()
     raise RuntimeError(f"{type(model).__name__}: the forward pass never reached the hooked block")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``; else a UserError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UserError(f"--device {device}: expected auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(device)
 
 
 def load_language_model(name: str, device: str = "cpu") -> LanguageModel:

@@ -16,6 +16,7 @@ are written at log-spaced steps. A non-finite loss stops training with
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -30,6 +31,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from husai.config import ExperimentConfig
+from husai.devices import on_cpu, resolve_device
 from husai.errors import TrainingDivergedError, UserError
 from husai.io import atomic_write_json, sha256_file
 from husai.model.build import build_model, final_logits
@@ -100,14 +102,29 @@ def train_model(cfg: ExperimentConfig, out_parent: Path, *, progress: bool = Tru
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(run_dir / "config.yaml")
     data = make_dataset(cfg.task)
-    model = build_model(cfg.task, cfg.model)
+    model = build_model(cfg.task, cfg.model)  # seeded on the CPU, then moved
+    device = resolve_device(cfg.device)
+    if not on_cpu(device):
+        model = model.to(device, print_details=False)
     trained = _freeze(model, cfg.train.freeze_biases)
-    trainer = _Trainer(cfg, model, trained, data, run_dir)
+    trainer = _Trainer(cfg, model, trained, _on(data, device), run_dir)
     steps_done = trainer.run(progress)
     wall_s = time.perf_counter() - trainer.state.t0
+    if not on_cpu(device):
+        model = model.to("cpu", print_details=False)
     save_weights(run_dir / "model.safetensors", model, cfg)
     _write_results(cfg, model, data, run_dir, trainer.state, steps_done, wall_s)
     return run_dir
+
+
+def _on(data: ModularDataset, device: torch.device) -> ModularDataset:
+    """The dataset's tensors on ``device`` (itself on the CPU)."""
+    if on_cpu(device):
+        return data
+    moved = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    return dataclasses.replace(
+        data, **{k: v.to(device) for k, v in moved.items() if torch.is_tensor(v)}
+    )
 
 
 def _finished(run_dir: Path, cfg: ExperimentConfig) -> bool:

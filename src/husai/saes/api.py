@@ -59,7 +59,11 @@ def train_saes_from_config(
     out_parent = Path(out_parent)
     gid = group_id(cfg.sae)
     group = train_group(
-        acts_ND, [cfg.sae], cfg.sae_train, checkpoint_dir=out_parent / f".checkpoint_{gid}"
+        acts_ND,
+        [cfg.sae],
+        cfg.sae_train,
+        checkpoint_dir=out_parent / f".checkpoint_{gid}",
+        device=cfg.device,
     )
     source = {
         "hook_name": meta.get("hook", cfg.hook),

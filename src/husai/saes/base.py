@@ -172,6 +172,13 @@ class BatchedSAE:
     def forward(self, x_BD: Float[Tensor, "B D"]) -> Float[Tensor, "N B D"]:
         return self.decode(self.encode(x_BD))
 
+    def to(self, device: torch.device) -> BatchedSAE:
+        """This group with its tensors on ``device`` (itself when they are there already)."""
+        if self.W_enc.device == device:
+            return self
+        params = {k: v.to(device) for k, v in self.params.items()}
+        return BatchedSAE(self.arch, params, {k: v.to(device) for k, v in self.buffers.items()})
+
     def select(self, index: int) -> BatchedSAE:
         """A one-model BatchedSAE (copies) holding model ``index``."""
         arch = type(self.arch)([self.arch.cfgs[index]])
@@ -259,9 +266,19 @@ class ModelMM(torch.autograd.Function):
         return dA, dB
 
 
+def on_accelerator(sae: BatchedSAE) -> bool:
+    """Whether the group's tensors are off the CPU (dense, batched kernels there)."""
+    return sae.W_enc.device.type != "cpu"
+
+
 def model_mm(A_NXY: Tensor, B_NYZ: Tensor, bias_NZ: Tensor | None = None) -> Tensor:
     """``A[n] @ B[n] (+ bias[n])`` per model (see :class:`ModelMM`); A may be an expanded
-    view shared by all models."""
+    view shared by all models. Off the CPU one batched ``bmm`` (a GPU's batched GEMM does
+    not split the reduction by group size the way the CPU's BLAS threads do, and ~100
+    small kernel launches per step would cost more than the products)."""
+    if B_NYZ.device.type != "cpu":
+        out_NXZ = torch.bmm(A_NXY, B_NYZ)
+        return out_NXZ if bias_NZ is None else out_NXZ.add_(bias_NZ[:, None, :])
     out_NXZ = ModelMM.apply(A_NXY, B_NYZ)
     return out_NXZ if bias_NZ is None else out_NXZ.add_(bias_NZ[:, None, :])
 
@@ -269,7 +286,9 @@ def model_mm(A_NXY: Tensor, B_NYZ: Tensor, bias_NZ: Tensor | None = None) -> Ten
 def per_model_mv(A_NDS: Tensor, v_NS: Tensor) -> Tensor:
     """``A[n] @ v[n]`` for each model, one matrix-vector product per model: a batched
     ``bmm`` of [N, D, S] @ [N, S, 1] gave different bits for N = 1 and N > 1 (MKL picks a
-    different kernel), which broke batched == alone at d_sae 1024."""
+    different kernel), which broke batched == alone at d_sae 1024. Off the CPU one ``bmm``."""
+    if A_NDS.device.type != "cpu":
+        return torch.bmm(A_NDS, v_NS[:, :, None])[:, :, 0]
     return torch.stack(
         [torch.mv(a, v) for a, v in zip(_operands(A_NDS), v_NS.unbind(0), strict=True)]
     )

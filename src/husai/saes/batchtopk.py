@@ -23,7 +23,7 @@ from torch import Tensor
 
 from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, mse_per_model
 from husai.saes.config_base import KSAEConfigBase
-from husai.saes.topk import auxk_select
+from husai.saes.topk import dense_auxk
 
 EMA_RATE = 0.01
 
@@ -53,17 +53,6 @@ def batch_topk(pre_NBS: Tensor, k_N: Tensor) -> tuple[Tensor, Tensor]:
         min_kept_N = torch.where(mask_NBS, codes_NBS, float("inf")).amin(dim=(1, 2))
         min_kept_N = torch.where(torch.isfinite(min_kept_N), min_kept_N, 0.0)
     return codes_NBS, min_kept_N
-
-
-def dense_auxk(
-    arch: Architecture, sae: BatchedSAE, pre_NBS: Tensor, resid_NBD: Tensor, dead_NS: Tensor
-) -> Tensor:
-    """AuxK loss (Gao et al. 2024, App. A.2) with dense codes, as in :mod:`husai.saes.topk`."""
-    idx_NBK, keep_N1K, scale_N = auxk_select(pre_NBS, dead_NS, sae.d_in)
-    vals_NBK = torch.relu(pre_NBS.gather(-1, idx_NBK)) * keep_N1K
-    codes_NBS = torch.zeros_like(pre_NBS).scatter(-1, idx_NBK, vals_NBK)
-    e_hat_NBD = model_mm(codes_NBS, sae.W_dec)
-    return arch.hp("aux_coefficient") * scale_N * mse_per_model(e_hat_NBD, resid_NBD.detach())
 
 
 class BatchTopKArch(Architecture):

@@ -70,7 +70,8 @@ def resample_dead(
         if not bool(err_R.sum() > 0):
             continue  # nothing is reconstructed badly: no row to point a latent at
         gen = torch.Generator().manual_seed(seeds[n])
-        rows = torch.multinomial(err_R / err_R.sum(), n_dead, replacement=True, generator=gen)
+        probs_R = (err_R / err_R.sum()).cpu()  # the seeded draw runs on the CPU on any device
+        rows = torch.multinomial(probs_R, n_dead, replacement=True, generator=gen)
         x_KD = acts_RD[rows] - sae.b_dec[n]
         u_KD = x_KD / x_KD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         alive_S = ~dead_S

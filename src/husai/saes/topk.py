@@ -28,7 +28,14 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, mse_per_model
+from husai.saes.base import (
+    Architecture,
+    BatchedSAE,
+    TrainOut,
+    model_mm,
+    mse_per_model,
+    on_accelerator,
+)
 from husai.saes.config_base import KSAEConfigBase
 from husai.saes.dense import DENSE_MAX_WIDTH, dense_recon
 from husai.saes.sparse import LatentSorter, SparseDecode, SparseEncode
@@ -83,7 +90,7 @@ class TopKArch(Architecture):
             # ReLU'd in place: the codes only ever use ReLU(pre) (see topk_indices)
             pre_NBS = model_mm(x_in_NBD, sae.W_enc, sae.b_enc).relu_()
             idx_NBK = topk_indices(pre_NBS, int(k_N.max()))
-        if sae.d_sae <= DENSE_MAX_WIDTH:
+        if sae.d_sae <= DENSE_MAX_WIDTH or on_accelerator(sae):
             with torch.no_grad():
                 vals_NBK = pre_NBS.gather(-1, idx_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
                 codes_NBS = torch.zeros_like(pre_NBS).scatter_(-1, idx_NBK, vals_NBK)
@@ -101,8 +108,12 @@ class TopKArch(Architecture):
             losses, err_NBD = {"mse": mse_per_model(recon_NBD, x_NBD)}, recon_NBD - x_NBD
             active_NBK = codes_NBK.detach() > 0
         if bool(dead_NS.any()):
-            losses["auxk"] = self._auxk(sae, x_in_NBD, pre_NBS, err_NBD, dead_NS)
-        counts_NS = torch.zeros(sae.n_models, sae.d_sae).scatter_add_(
+            losses["auxk"] = (
+                dense_auxk(self, sae, pre_NBS, err_NBD, dead_NS)
+                if on_accelerator(sae)
+                else self._auxk(sae, x_in_NBD, pre_NBS, err_NBD, dead_NS)
+            )
+        counts_NS = torch.zeros(sae.n_models, sae.d_sae, device=idx_NBK.device).scatter_add_(
             1, idx_NBK.reshape(sae.n_models, -1), active_NBK.reshape(sae.n_models, -1).float()
         )
         return TrainOut(losses, counts_NS > 0, active_NBK.sum(-1, dtype=torch.float32).mean(-1))
@@ -133,3 +144,14 @@ def auxk_select(pre_NBS: Tensor, dead_NS: Tensor, d_in: int) -> tuple[Tensor, Te
     idx_NBK = keys.topk(int(kaux_N.max()), dim=-1, sorted=True).indices
     scale_N = (n_dead_N.float() / k_aux).clamp(max=1.0)
     return idx_NBK, rank_mask(kaux_N, idx_NBK.shape[-1]), scale_N
+
+
+def dense_auxk(
+    arch: Architecture, sae: BatchedSAE, pre_NBS: Tensor, resid_NBD: Tensor, dead_NS: Tensor
+) -> Tensor:
+    """AuxK loss (Gao et al. 2024, App. A.2) with dense codes (BatchTopK, and TopK off the CPU)."""
+    idx_NBK, keep_N1K, scale_N = auxk_select(pre_NBS, dead_NS, sae.d_in)
+    vals_NBK = torch.relu(pre_NBS.gather(-1, idx_NBK)) * keep_N1K
+    codes_NBS = torch.zeros_like(pre_NBS).scatter(-1, idx_NBK, vals_NBK)
+    e_hat_NBD = model_mm(codes_NBS, sae.W_dec)
+    return arch.hp("aux_coefficient") * scale_N * mse_per_model(e_hat_NBD, resid_NBD.detach())

@@ -26,6 +26,10 @@ pure function of (seed, step), so resuming needs no RNG state. The seed is
 ``data_seed`` for every model, or ``data_seed + init_seed`` per model when
 ``per_model_data_order`` is set.
 
+Device (``device``, :mod:`husai.devices`): models are initialised and batches drawn on the
+CPU whatever the device, then the parameters, optimiser state and activations move there
+for the steps; the result comes back on the CPU. On the CPU nothing changes.
+
 Activation normalisation (``normalize_activations``): activations are scaled by
 c = sqrt(d_in / mean ||x||^2) (SAELens 'expected_average_only_in'). After training the
 scale is folded so the returned SAEs act on raw activations with unit-norm decoder
@@ -47,6 +51,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from husai.devices import factory_device, resolve_device
 from husai.errors import TrainingDivergedError, UserError
 from husai.io import atomic_save_safetensors, atomic_write_json, sha256_tensors
 from husai.progress import progress_bar
@@ -107,11 +112,11 @@ class BatchStream:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
-            self._perms[epoch] = torch.randperm(self.n_rows, generator=gen)
+            self._perms[epoch] = torch.randperm(self.n_rows, generator=gen, device="cpu")
         return self._perms[epoch]
 
     def indices(self, step: int) -> Tensor:
-        pos = torch.arange(step * self.batch, (step + 1) * self.batch)
+        pos = torch.arange(step * self.batch, (step + 1) * self.batch, device="cpu")
         epoch, within = pos // self.n_rows, pos % self.n_rows
         return torch.cat([self._perm(int(e))[within[epoch == e]] for e in epoch.unique()])
 
@@ -137,13 +142,16 @@ def train_group(
     *,
     checkpoint_dir: Path | None = None,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> GroupResult:
-    """Train every (config, seed) model of one arch and width in one batched pass."""
-    return _GroupTrainer(acts_ND, sae_cfgs, train_cfg, checkpoint_dir).run(progress)
+    """Train every (config, seed) model of one arch and width in one batched pass, on
+    ``device`` (:func:`husai.devices.resolve_device`; default the CPU)."""
+    trainer = _GroupTrainer(acts_ND, sae_cfgs, train_cfg, checkpoint_dir, device)
+    return trainer.run(progress)
 
 
 class _GroupTrainer:
-    def __init__(self, acts_ND, sae_cfgs, train_cfg, checkpoint_dir) -> None:
+    def __init__(self, acts_ND, sae_cfgs, train_cfg, checkpoint_dir, device=None) -> None:
         if acts_ND.dim() != 2 or acts_ND.shape[0] == 0:
             raise UserError(
                 f"activations: expected a non-empty [n, d] tensor, got {tuple(acts_ND.shape)}"
@@ -155,12 +163,13 @@ class _GroupTrainer:
         self.members = group_members(sae_cfgs, train_cfg)
         self.scale = norm_scale(acts_ND) if train_cfg.normalize_activations else 1.0
         self.acts_ND = acts_ND * self.scale if self.scale != 1.0 else acts_ND
-        self.sae = init_group(acts_ND.shape[1], sae_cfgs, train_cfg)
+        self.device = resolve_device(device)
+        self.sae = init_group(acts_ND.shape[1], sae_cfgs, train_cfg).to(self.device)
         for p in self.sae.params.values():
             p.requires_grad_(True)
         self.adam = PerModelAdam(self.sae.params)
         n, s = self.sae.n_models, self.sae.d_sae
-        self.since_fired_NS = torch.zeros(n, s, dtype=torch.long)
+        self.since_fired_NS = torch.zeros(n, s, dtype=torch.long, device=self.device)
         self.step = 0
         self.converged: list[int | None] = [None] * n
         self.resampled = [0] * n
@@ -177,6 +186,7 @@ class _GroupTrainer:
         ]
         self.ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.fingerprint = self._fingerprint(sae_cfgs)
+        self.acts_ND = self.acts_ND.to(self.device)  # after the fingerprint, which reads it
         if self.ckpt_dir is not None and (self.ckpt_dir / CKPT_STATE).is_file():
             self._load_checkpoint()
 
@@ -195,9 +205,16 @@ class _GroupTrainer:
     def run(self, progress: bool) -> GroupResult:
         if 0 in self.snap_at and 0 not in self.snapshots:
             self.snapshots[0] = self.sae.W_dec.detach().clone()
-        with progress_bar(
-            "training SAEs", self.cfg.steps, enabled=progress, completed=self.step, transient=True
-        ) as bar:
+        with (
+            progress_bar(
+                "training SAEs",
+                self.cfg.steps,
+                enabled=progress,
+                completed=self.step,
+                transient=True,
+            ) as bar,
+            factory_device(self.device),
+        ):
             while self.step < self.cfg.steps and any(c is None for c in self.converged):
                 self.train_step()
                 self.step += 1
@@ -313,14 +330,14 @@ class _GroupTrainer:
     def _result(self) -> GroupResult:
         sae = BatchedSAE(
             self.sae.arch,
-            {k: v.detach().clone() for k, v in self.sae.params.items()},
-            {k: v.clone() for k, v in self.sae.buffers.items()},
+            {k: v.detach().clone().cpu() for k, v in self.sae.params.items()},
+            {k: v.clone().cpu() for k, v in self.sae.buffers.items()},
         )
         fold_scale(sae, self.scale)
         return GroupResult(
             sae=sae,
             members=self.members,
-            snapshots=dict(sorted(self.snapshots.items())),
+            snapshots={s: w.cpu() for s, w in sorted(self.snapshots.items())},
             steps=self.step,
             converged_step=list(self.converged),
             history=self.history,
@@ -371,7 +388,7 @@ class _GroupTrainer:
             {k[5:]: v for k, v in tensors.items() if k.startswith("adam.")}
         )
         self.snapshots = {int(k[5:]): v for k, v in tensors.items() if k.startswith("snap.")}
-        self.since_fired_NS = tensors["since_fired"]
+        self.since_fired_NS = tensors["since_fired"].to(self.device)
         self.step, self.converged = state["step"], state["converged"]
         self.resampled = state.get("resampled", self.resampled)
         self.windows, self.history = state["windows"], state["history"]

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from husai.experiments.tables import latent_stability_columns
-from husai.experiments.unit import (
+from husai.experiments.latents import (
     LATENT_COLUMNS,
     cross_seed_columns,
     ev_contributions,
     latent_columns,
     latent_frame,
 )
+from husai.experiments.tables import latent_stability_columns
 from husai.metrics.baselines import random_unit
 from husai.metrics.data_baselines import data_rank
 from husai.metrics.trust import random_stability

@@ -12,7 +12,7 @@
   ``baseline_hardest = baseline``.
 - ``dynamics.parquet``: cross-seed stability at each training snapshot.
 - ``latents.parquet``: one row per latent of every SAE, gathered from the SAE
-  directories' ``latents.parquet`` (schema and definitions: :mod:`husai.experiments.unit`);
+  directories' ``latents.parquet`` (schema and definitions: :mod:`husai.experiments.latents`);
   units written before it existed have none, and are left out (logged). ``summary``
   then gains, per group, per-feature stability over the group's *alive* latents beside
   its analytic random baseline (:func:`husai.metrics.trust.random_stability`: decoders of
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from husai import layout
-from husai.experiments.unit import LATENT_COLUMNS, LATENTS_FILE
+from husai.experiments.latents import LATENT_COLUMNS, LATENTS_FILE
 from husai.io import atomic_write_frame
 from husai.metrics.bootstrap import seed_bootstrap_ci
 from husai.metrics.trust import random_stability

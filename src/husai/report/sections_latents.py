@@ -1,7 +1,7 @@
 """Per-feature stability of every latent (Kurochkin et al. 2026), from latents.parquet.
 
 A latent's stability is the share of the other seeds' SAEs of its configuration that
-hold a latent at decoder cosine >= tau (definitions: :mod:`husai.experiments.unit`). The
+hold a latent at decoder cosine >= tau (definitions: :mod:`husai.experiments.latents`). The
 section shows, per configuration, its distribution over the alive latents beside the
 harder analytic random baseline, random directions in the activations' principal subspace
 (``summary.parquet``'s ``latent_stability_*_baseline_subspace`` columns, built by

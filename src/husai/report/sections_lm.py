@@ -7,7 +7,7 @@ section with what was read (model, layer, text, tokens), and in place of the gro
 shows what stable and unstable latents look like in text:
 
 For every hook and architecture, the configuration (width, sparsity) whose alive latents
-have the highest mean per-feature stability (``latents.parquet``, :mod:`husai.experiments.unit`)
+have the highest mean per-feature stability (``latents.parquet``, :mod:`husai.experiments.latents`)
 is shown through its lowest-seed SAE: its ``N_SHOWN`` most stable and ``N_SHOWN`` least
 stable latents among those that fire on at least ``MIN_FIRINGS`` tokens, each with its
 ``N_SNIPPETS`` top-activating tokens in their text (the SAE re-encodes the stored

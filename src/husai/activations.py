@@ -77,7 +77,7 @@ def extract(
     chunks: dict[str, list[Tensor]] = {h: [] for h in hooks}
     dev = resolve_device(device)
     if not on_cpu(dev):
-        model = model.to(dev, print_details=False)
+        model = model.to(str(dev), print_details=False)  # a string keeps cuda:N in cfg.device
     with torch.no_grad():
         for batch in tokens.split(4096):
             _, cache = model.run_with_cache(batch.to(dev), names_filter=lambda n: n in chunks)

@@ -186,7 +186,9 @@ def train_saes(
     cfg = _load(config, _with_device(set_, device))
     if activations is None:
         model_dir = data_root() / DEFAULT_MODEL
-        (activations,) = extract_to_dirs(model_dir, [cfg.hook], Path("runs/activations"))
+        (activations,) = extract_to_dirs(
+            model_dir, [cfg.hook], Path("runs/activations"), device=cfg.device
+        )
         print(f"activations: {activations}")
     for path in train_saes_from_config(cfg, activations, out):
         print(f"sae: {path}")

@@ -125,3 +125,33 @@ def test_the_device_benchmark_runs_on_the_cpu_at_tiny_sizes(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     agree = json.loads(out.read_text())["agreement"]
     assert set(agree) == {"topk_w64", "topk_w512", "relu_w256"} and max(agree.values()) == 0.0
+
+
+def test_the_dense_auxk_of_the_cuda_path_equals_the_cpu_sparse_one() -> None:
+    """TopK off the CPU takes AuxK through dense codes (Gao et al. 2024, App. A.2); on the
+    same inputs it must give the CPU's sparse AuxK loss and gradients (checked here, on the
+    CPU, since the CUDA branch cannot run on this machine)."""
+    from husai.saes import init_group
+    from husai.saes.base import model_mm
+    from husai.saes.topk import dense_auxk
+
+    sae = init_group(16, [TopKSAEConfig(d_sae=48, k=3)], _tc(init_seeds=[0]))
+    params = [sae.params[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")]
+    for p in params:
+        p.requires_grad_(True)
+    x_NBD = _acts(64)[None]
+    with torch.no_grad():
+        x_in_NBD = x_NBD - sae.b_dec[:, None, :]
+        pre_NBS = model_mm(x_in_NBD, sae.W_enc, sae.b_enc).relu_()
+    err_NBD = 0.3 * torch.randn(x_NBD.shape, generator=torch.Generator().manual_seed(5))
+    dead_NS = torch.zeros(1, 48, dtype=torch.bool)
+    dead_NS[0, :20] = True
+    cpu = sae.arch._auxk(sae, x_in_NBD, pre_NBS, err_NBD, dead_NS)
+    dense = dense_auxk(sae.arch, sae, sae.pre_acts(x_NBD), -err_NBD, dead_NS)
+    assert float(cpu) > 0 and torch.allclose(cpu, dense, rtol=1e-5)
+    for a, b in zip(
+        torch.autograd.grad(cpu.sum(), params),
+        torch.autograd.grad(dense.sum(), params),
+        strict=True,
+    ):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)

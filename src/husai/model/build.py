@@ -105,7 +105,7 @@ def _gather(table_PV: Tensor, tokens_BP: Tensor) -> Tensor:
     """``table_PV[p, tokens_BP[b, p]]`` via ``F.embedding`` (its backward is far cheaper than indexing's)."""
     n_pos, n_vocab = table_PV.shape[:2]
     flat = table_PV.reshape(n_pos * n_vocab, -1)
-    idx_BP = tokens_BP + torch.arange(n_pos) * n_vocab
+    idx_BP = tokens_BP + torch.arange(n_pos, device=tokens_BP.device) * n_vocab
     return F.embedding(idx_BP, flat).view(*tokens_BP.shape, *table_PV.shape[2:])
 
 

@@ -105,7 +105,7 @@ def train_model(cfg: ExperimentConfig, out_parent: Path, *, progress: bool = Tru
     model = build_model(cfg.task, cfg.model)  # seeded on the CPU, then moved
     device = resolve_device(cfg.device)
     if not on_cpu(device):
-        model = model.to(device, print_details=False)
+        model = model.to(str(device), print_details=False)  # keeps cuda:N in cfg.device
     trained = _freeze(model, cfg.train.freeze_biases)
     trainer = _Trainer(cfg, model, trained, _on(data, device), run_dir)
     steps_done = trainer.run(progress)

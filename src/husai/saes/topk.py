@@ -108,8 +108,8 @@ class TopKArch(Architecture):
             losses, err_NBD = {"mse": mse_per_model(recon_NBD, x_NBD)}, recon_NBD - x_NBD
             active_NBK = codes_NBK.detach() > 0
         if bool(dead_NS.any()):
-            losses["auxk"] = (
-                dense_auxk(self, sae, pre_NBS, err_NBD, dead_NS)
+            losses["auxk"] = (  # dense: pre-activations with their graph, target x - x_hat
+                dense_auxk(self, sae, sae.pre_acts(x_NBD), -err_NBD, dead_NS)
                 if on_accelerator(sae)
                 else self._auxk(sae, x_in_NBD, pre_NBS, err_NBD, dead_NS)
             )

@@ -204,7 +204,7 @@ class _GroupTrainer:
     # ---- main loop -------------------------------------------------------------
     def run(self, progress: bool) -> GroupResult:
         if 0 in self.snap_at and 0 not in self.snapshots:
-            self.snapshots[0] = self.sae.W_dec.detach().clone()
+            self.snapshots[0] = self.sae.W_dec.detach().clone().cpu()
         with (
             progress_bar(
                 "training SAEs",
@@ -221,7 +221,7 @@ class _GroupTrainer:
                 self._after_step_bookkeeping()
                 bar.update(self.step)
         if self.step not in self.snapshots and self.cfg.n_snapshots > 0:
-            self.snapshots[self.step] = self.sae.W_dec.detach().clone()
+            self.snapshots[self.step] = self.sae.W_dec.detach().clone().cpu()
         if self.ckpt_dir is not None and self.last_ckpt != self.step:
             self._save_checkpoint()
         return self._result()
@@ -282,7 +282,7 @@ class _GroupTrainer:
         if self.step in self.cfg.resample_dead_at and self.sae.arch.resamples_dead:
             self._resample()
         if self.step in self.snap_at:
-            self.snapshots[self.step] = self.sae.W_dec.detach().clone()
+            self.snapshots[self.step] = self.sae.W_dec.detach().clone().cpu()
         if self.ckpt_dir is not None and self.step % self.cfg.checkpoint_every == 0:
             self._save_checkpoint()
 

@@ -145,7 +145,7 @@ def _run(
     run_units(study, store, units, acts_dirs, model_dir, executor, address, console)
     console.print("[bold]stage 4/5[/] tables")
     records = store.records()
-    ranks = {key: _data_rank(path) for key, path in acts_dirs.items()}
+    ranks = {key: _acts_dir_rank(path) for key, path in acts_dirs.items()}
     build_tables(records, store.root, bootstrap=study.metrics.bootstrap, data_ranks=ranks)
     failures = [
         {"unit_id": r["unit_id"], "error": r["error"]} for r in records if r["status"] != "ok"
@@ -417,7 +417,7 @@ def _activations_id(acts_dir: Path) -> str:
     return f"{meta.get('model_sha256')}:{meta.get('hook')}:{meta.get('checkpoint', 'final')}:{meta.get('position', -1)}"
 
 
-def _data_rank(acts_dir: Path) -> int:
+def _acts_dir_rank(acts_dir: Path) -> int:
     """The rank of the activations' principal subspace, as the units' data baselines use it."""
     return data_rank(load_activations(acts_dir).acts)
 

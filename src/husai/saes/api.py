@@ -3,7 +3,7 @@
 :func:`train_saes_from_config` trains ``cfg.sae`` for every seed in
 ``cfg.sae_train.init_seeds`` on one activation directory and writes, under
 ``out_parent``, one SAELens-format directory per SAE (with ``eval.json``), named
-``<group_id>_<sae_id>`` (e.g. ``topk_w512_k16-seed0``: the study's SAE id of
+``<group_name>_<sae_id>`` (e.g. ``topk_w512_k16-seed0``: the study's SAE id of
 :func:`husai.layout.sae_id` behind the group, since several groups may share
 ``out_parent``; saved by :func:`husai.saes.io.save_member`, as study units are), plus
 ``group_<id>.json`` (members, steps, convergence, history) and
@@ -46,7 +46,7 @@ def read_activations(activations_dir: Path) -> tuple[Tensor, dict[str, Any]]:
     return acts.float(), {}
 
 
-def group_id(cfg: Any) -> str:
+def group_name(cfg: Any) -> str:
     """The group's tag in ``out_parent``: ``<arch>_w<d_sae>`` (e.g. ``topk_w512``)."""
     return f"{cfg.arch}_w{cfg.d_sae}"
 
@@ -57,7 +57,7 @@ def train_saes_from_config(
     """Train one batched group (cfg.sae x cfg.sae_train.init_seeds); return the SAE dirs."""
     acts_ND, meta = read_activations(activations_dir)
     out_parent = Path(out_parent)
-    gid = group_id(cfg.sae)
+    gid = group_name(cfg.sae)
     group = train_group(
         acts_ND,
         [cfg.sae],

@@ -106,6 +106,23 @@ def test_activation_frequency_purity_on_fourier_grid() -> None:
     assert out["purity"][3] == 0.0 and out["freq"][3] == -1
 
 
+def test_activation_frequency_purity_of_a_latent_does_not_depend_on_dead_ones() -> None:
+    """Dead latents are skipped (purity 0, frequency -1); the others' values are the same
+    bits as when they are measured without any dead latent beside them."""
+    p = 11
+    gen = torch.Generator().manual_seed(5)
+    alive = torch.relu(torch.randn(p * p, 6, generator=gen))
+    codes = torch.zeros(p * p, 10)
+    cols = torch.tensor([0, 2, 3, 6, 7, 9])
+    codes[:, cols] = alive
+    both, alone = activation_frequency_purity(codes, p), activation_frequency_purity(alive, p)
+    assert np.array_equal(both["purity"][cols.numpy()], alone["purity"])
+    assert np.array_equal(both["freq"][cols.numpy()], alone["freq"])
+    dead = [1, 4, 5, 8]
+    assert np.all(both["purity"][dead] == 0) and np.all(both["freq"][dead] == -1)
+    assert np.all(alone["purity"] > 0)
+
+
 def test_report_has_baselines_and_summary_is_flat() -> None:
     planes = _planes()
     p = 7

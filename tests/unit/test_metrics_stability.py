@@ -234,3 +234,27 @@ def test_correlation_matrix_is_the_same_in_row_chunks(monkeypatch) -> None:
     whole = correlation_matrix(a, b)
     monkeypatch.setattr(similarity, "_PAIRS_PER_CHUNK", 50)
     assert torch.allclose(correlation_matrix(a, b), whole, atol=1e-12)
+
+
+@pytest.mark.parametrize("density", [0.02, 0.9])
+def test_correlation_matrix_skips_dead_latents_without_changing_the_others(density) -> None:
+    """Dead (all-zero) latents are left out of the computation: their rows and columns are
+    0, and the alive latents' correlations are those of the alive-only codes, bit for bit
+    on the sparse path (the dense one may differ in the last bit: its GEMM shape changes)."""
+    gen = _gen(14)
+    a = torch.relu(torch.randn(3000, 50, generator=gen)) * (
+        torch.rand(3000, 50, generator=gen) < density
+    )
+    b = torch.relu(torch.randn(3000, 40, generator=gen)) * (
+        torch.rand(3000, 40, generator=gen) < density
+    )
+    dead_a, dead_b = torch.arange(0, 50, 3), torch.arange(1, 40, 4)
+    a[:, dead_a], b[:, dead_b] = 0.0, 0.0
+    alive_a = torch.ones(50, dtype=torch.bool).index_fill_(0, dead_a, False)
+    alive_b = torch.ones(40, dtype=torch.bool).index_fill_(0, dead_b, False)
+    got = correlation_matrix(a, b)
+    assert torch.all(got[dead_a] == 0) and torch.all(got[:, dead_b] == 0)
+    ref = np.corrcoef(a.double().numpy().T, b.double().numpy().T)[:50, 50:]
+    sub = got[alive_a][:, alive_b].numpy()
+    assert np.allclose(sub, ref[alive_a.numpy()][:, alive_b.numpy()], atol=1e-10)
+    assert torch.all(got[alive_a][:, alive_b].abs() > 0)  # the alive ones were computed

@@ -171,25 +171,37 @@ def activation_frequency_purity(
         raise UserError(
             f"codes: expected {p * p} rows (all inputs of op {op!r}, row-major), got {codes_NS.shape[0]}"
         )
-    grid_PPS = codes_NS.reshape(p, p, -1)
+    # A latent that never fires has no power (purity 0, frequency -1): only the others are
+    # transformed, each on its own, so their values do not depend on the dead ones.
+    used = torch.nonzero(codes_NS.ne(0).any(dim=0)).flatten()
+    purity_S = torch.zeros(codes_NS.shape[1], dtype=torch.float64)
+    freq_S = torch.full((codes_NS.shape[1],), -1, dtype=torch.int64)
+    if len(used):
+        purity_U, freq_U = _dominant_share(codes_NS[:, used], p, op, group)
+        purity_S[used], freq_S[used] = purity_U, freq_U
+    return {"purity": purity_S.numpy(), "freq": freq_S.numpy()}
+
+
+def _dominant_share(codes_NU: Tensor, p: int, op: str, group: Any) -> tuple[Tensor, Tensor]:
+    grid_PPU = codes_NU.reshape(p, p, -1)
     if op == "mul":  # residue rows 1..p-1 -> element order g^0, g^1, ...
         order_P = group.elements - 1
-        grid_PPS = grid_PPS[order_P][:, order_P]
-    grid_PPS = grid_PPS - grid_PPS.mean(dim=(0, 1), keepdim=True)
-    power_PPS = torch.fft.fft2(grid_PPS, dim=(0, 1)).abs().pow(2)
+        grid_PPU = grid_PPU[order_P][:, order_P]
+    grid_PPU = grid_PPU - grid_PPU.mean(dim=(0, 1), keepdim=True)
+    power_PPU = torch.fft.fft2(grid_PPU, dim=(0, 1)).abs().pow(2)
     label_PP = torch.from_numpy(_bin_labels(p))
     n_freq = p // 2 + 1
-    by_freq_FS = torch.zeros(n_freq, power_PPS.shape[-1], dtype=torch.float64)
-    by_freq_FS.index_add_(
+    by_freq_FU = torch.zeros(n_freq, power_PPU.shape[-1], dtype=torch.float64)
+    by_freq_FU.index_add_(
         0,
         label_PP.clamp_min(0).flatten(),
-        power_PPS.reshape(p * p, -1) * (label_PP.flatten() > 0)[:, None],
+        power_PPU.reshape(p * p, -1) * (label_PP.flatten() > 0)[:, None],
     )
-    total_S = power_PPS.sum(dim=(0, 1))
-    best_val, best_f = by_freq_FS.max(dim=0)
-    ok = total_S > 1e-12 * max(1.0, float(total_S.max()) if total_S.numel() else 1.0)
-    purity = torch.where(ok, best_val / torch.where(ok, total_S, 1.0), torch.zeros_like(total_S))
-    return {"purity": purity.numpy(), "freq": torch.where(ok, best_f, -1).numpy()}
+    total_U = power_PPU.sum(dim=(0, 1))
+    best_val, best_f = by_freq_FU.max(dim=0)
+    ok = total_U > 1e-12 * max(1.0, float(total_U.max()))
+    purity = torch.where(ok, best_val / torch.where(ok, total_U, 1.0), torch.zeros_like(total_U))
+    return purity, torch.where(ok, best_f, -1)
 
 
 def _bin_labels(p: int) -> np.ndarray:

@@ -73,10 +73,29 @@ def correlation_matrix(
     its standard deviation is <= 1e-12 or <= :data:`CONSTANT_REL` of its |mean| (below that
     the moment form loses the digits that matter); results are clipped to [-1, 1].
     """
-    a, b = _Codes(codes_a_NA), _Codes(codes_b_NB)
-    if a.n != b.n:
-        raise ValueError(f"codes must cover the same inputs: {a.n} vs {b.n}")
-    sparse = a.n * a.k * b.k * _SCATTER_COST < a.n * a.width * b.width
+    codes_a_NA, codes_b_NB = torch.as_tensor(codes_a_NA), torch.as_tensor(codes_b_NB)
+    if codes_a_NA.shape[0] != codes_b_NB.shape[0]:
+        raise ValueError(
+            f"codes must cover the same inputs: {codes_a_NA.shape[0]} vs {codes_b_NB.shape[0]}"
+        )
+    # An all-zero latent (a dead one) is constant: its row or column is 0. Only the others
+    # are computed; the sparse/dense choice is made on the full widths, so the values (and
+    # their bits) are those of the full computation.
+    used_a, used_b = _nonzero_columns(codes_a_NA), _nonzero_columns(codes_b_NB)
+    full = torch.zeros(codes_a_NA.shape[1], codes_b_NB.shape[1], dtype=torch.float64)
+    if not len(used_a) or not len(used_b):
+        return full
+    a, b = _Codes(codes_a_NA[:, used_a]), _Codes(codes_b_NB[:, used_b])
+    sparse = a.n * a.k * b.k * _SCATTER_COST < a.n * full.shape[0] * full.shape[1]
+    full[used_a[:, None], used_b[None, :]] = _correlation(a, b, sparse)
+    return full
+
+
+def _nonzero_columns(codes_NS: Tensor) -> Tensor:
+    return torch.nonzero(codes_NS.detach().ne(0).any(dim=0)).flatten()
+
+
+def _correlation(a: _Codes, b: _Codes, sparse: bool) -> Tensor:
     cross = _sparse_cross(a, b) if sparse else a.dense().T @ b.dense()
     mean_a, std_a = a.moments(sparse)
     mean_b, std_b = b.moments(sparse)

@@ -158,3 +158,49 @@ def test_report_uses_key_planes_only() -> None:
     assert report["plane_coverage_mean"].value == pytest.approx(1.0, abs=1e-5)
     everything = ground_truth_report(dec, planes, trials=2, key_only=False)
     assert everything["plane_coverage_mean"].value == pytest.approx(0.5, abs=1e-5)
+
+
+def _purity_by_fft2(codes_NS: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: the full 2-D DFT of each latent's n x n grid, power summed per frequency
+    over the axes and diagonals (|k| on each), dominant share of the total (DC removed)."""
+    grid = codes_NS.double().reshape(n, n, -1)
+    grid = grid - grid.mean(dim=(0, 1), keepdim=True)
+    power = torch.fft.fft2(grid, dim=(0, 1)).abs().pow(2).numpy()
+    ks = np.minimum(np.arange(n), n - np.arange(n))
+    purity, freq = [], []
+    for s in range(power.shape[-1]):
+        by_freq = np.zeros(n // 2 + 1)
+        for k1 in range(n):
+            for k2 in range(n):
+                on_axis = (ks[k1] == 0) != (ks[k2] == 0)
+                on_diag = ks[k1] == ks[k2] != 0
+                if on_axis or on_diag:
+                    by_freq[max(ks[k1], ks[k2])] += power[k1, k2, s]
+        purity.append(by_freq.max() / power[..., s].sum())
+        freq.append(by_freq.argmax())
+    return np.array(purity), np.array(freq)
+
+
+@pytest.mark.parametrize("n", [13, 12])
+def test_dominant_share_from_marginal_sums_equals_the_full_2d_dft(n) -> None:
+    """The marginal-sum form (sums over b, a, a+b, a-b and their 1-D DFTs) gives the same
+    purity and frequency as the full 2-D transform, for odd n (add, sub) and even n (the
+    discrete-log grid of mul has n = p - 1), where (n/2, n/2) is also (n/2, -n/2)."""
+    from husai.metrics.ground_truth import _dominant_share
+
+    gen = torch.Generator().manual_seed(n)
+    a, b = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    w = 2 * math.pi / n
+    planted = torch.stack(
+        [
+            (1 + torch.cos(w * (n // 2) * (a + b))).flatten(),  # the Nyquist diagonal for even n
+            (torch.cos(w * 2 * a) + 0.3 * torch.cos(w * 3 * (a - b))).flatten(),
+        ],
+        1,
+    )
+    codes = torch.cat([torch.relu(torch.randn(n * n, 6, generator=gen)), planted], 1)
+    got_purity, got_freq = _dominant_share(codes.double(), n, "add", None)
+    ref_purity, ref_freq = _purity_by_fft2(codes, n)
+    assert np.allclose(got_purity.numpy(), ref_purity, rtol=1e-10, atol=1e-12)
+    assert np.array_equal(got_freq.numpy(), ref_freq)
+    assert got_purity[-2] == pytest.approx(1.0, abs=1e-9) and got_freq[-2] == n // 2

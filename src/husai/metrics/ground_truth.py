@@ -182,38 +182,38 @@ def activation_frequency_purity(
     return {"purity": purity_S.numpy(), "freq": freq_S.numpy()}
 
 
-def _dominant_share(codes_NU: Tensor, p: int, op: str, group: Any) -> tuple[Tensor, Tensor]:
-    grid_PPU = codes_NU.reshape(p, p, -1)
+def _dominant_share(codes_NU: Tensor, n: int, op: str, group: Any) -> tuple[Tensor, Tensor]:
+    """Dominant frequency's share of each latent's 2-D DFT power (DC removed), without the 2-D
+    transform: the bins that carry a frequency are the axes (k, 0), (0, k) and diagonals
+    (k, k), (k, -k), and the power there is that of the 1-D DFT of the grid's sums over b,
+    over a, over a + b and over a - b (mod n); the total is n^2 times the sum of squares
+    (Parseval). Equal to the full ``fft2`` over the n x n grid to rounding, ~5x faster."""
+    grid_NNU = codes_NU.reshape(n, n, -1)
     if op == "mul":  # residue rows 1..p-1 -> element order g^0, g^1, ...
-        order_P = group.elements - 1
-        grid_PPU = grid_PPU[order_P][:, order_P]
-    grid_PPU = grid_PPU - grid_PPU.mean(dim=(0, 1), keepdim=True)
-    power_PPU = torch.fft.fft2(grid_PPU, dim=(0, 1)).abs().pow(2)
-    label_PP = torch.from_numpy(_bin_labels(p))
-    n_freq = p // 2 + 1
-    by_freq_FU = torch.zeros(n_freq, power_PPU.shape[-1], dtype=torch.float64)
-    by_freq_FU.index_add_(
-        0,
-        label_PP.clamp_min(0).flatten(),
-        power_PPU.reshape(p * p, -1) * (label_PP.flatten() > 0)[:, None],
-    )
-    total_U = power_PPU.sum(dim=(0, 1))
+        order_N = group.elements - 1
+        grid_NNU = grid_NNU[order_N][:, order_N]
+    grid_NNU = grid_NNU - grid_NNU.mean(dim=(0, 1), keepdim=True)
+    flat_QU = grid_NNU.reshape(n * n, -1)
+    s_N1, a_1N = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    by_plus = (a_1N * n + (s_N1 - a_1N).remainder(n)).flatten()  # row s: (a, s - a) for every a
+    by_minus = (a_1N * n + (a_1N - s_N1).remainder(n)).flatten()  # row s: (a, a - s)
+    sums = [
+        grid_NNU.sum(dim=1),
+        grid_NNU.sum(dim=0),
+        flat_QU.index_select(0, by_plus).reshape(n, n, -1).sum(dim=1),
+        flat_QU.index_select(0, by_minus).reshape(n, n, -1).sum(dim=1),
+    ]
+    power_4NU = torch.fft.fft(torch.stack(sums), dim=1).abs().pow(2)
+    k_N = torch.arange(n)
+    power_4NU[3, 2 * k_N == n] = 0.0  # (n/2, -n/2) is (n/2, n/2): counted once, as a diagonal
+    label_N = torch.minimum(k_N, n - k_N)
+    by_freq_FU = torch.zeros(n // 2 + 1, flat_QU.shape[1], dtype=torch.float64)
+    by_freq_FU.index_add_(0, label_N[1:], power_4NU[:, 1:].sum(dim=0))
+    total_U = float(n * n) * flat_QU.pow(2).sum(dim=0)
     best_val, best_f = by_freq_FU.max(dim=0)
     ok = total_U > 1e-12 * max(1.0, float(total_U.max()))
     purity = torch.where(ok, best_val / torch.where(ok, total_U, 1.0), torch.zeros_like(total_U))
     return purity, torch.where(ok, best_f, -1)
-
-
-def _bin_labels(p: int) -> np.ndarray:
-    """[p, p] frequency of each DFT bin: axes and diagonals get |k|; others (and DC) 0."""
-    k = np.arange(p)
-    ks = np.minimum(k, p - k)
-    ka, kb = np.meshgrid(ks, ks, indexing="ij")
-    lab = np.zeros((p, p), dtype=np.int64)
-    lab = np.where(kb == 0, ka, lab)
-    lab = np.where(ka == 0, kb, lab)
-    lab = np.where(ka == kb, ka, lab)
-    return lab
 
 
 def ground_truth_report(

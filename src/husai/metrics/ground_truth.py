@@ -45,7 +45,7 @@ from husai.io import load_safetensors
 from husai.metrics.baselines import MetricValue, metric_value, monte_carlo, random_unit
 from husai.metrics.inputs import as_decoder
 from husai.metrics.matching import unit_rows
-from husai.metrics.similarity import pw_mcc
+from husai.metrics.similarity import nonzero_columns, pw_mcc
 from husai.metrics.subspace import row_basis
 from husai.model.fourier import MUL_VARIABLES, FourierPlanes, task_group
 
@@ -173,7 +173,7 @@ def activation_frequency_purity(
         )
     # A latent that never fires has no power (purity 0, frequency -1): only the others are
     # transformed, each on its own, so their values do not depend on the dead ones.
-    used = torch.nonzero(codes_NS.ne(0).any(dim=0)).flatten()
+    used = nonzero_columns(codes_NS)
     purity_S = torch.zeros(codes_NS.shape[1], dtype=torch.float64)
     freq_S = torch.full((codes_NS.shape[1],), -1, dtype=torch.int64)
     if len(used):

@@ -81,7 +81,7 @@ def correlation_matrix(
     # An all-zero latent (a dead one) is constant: its row or column is 0. Only the others
     # are computed; the sparse/dense choice is made on the full widths, so the values (and
     # their bits) are those of the full computation.
-    used_a, used_b = _nonzero_columns(codes_a_NA), _nonzero_columns(codes_b_NB)
+    used_a, used_b = nonzero_columns(codes_a_NA), nonzero_columns(codes_b_NB)
     full = torch.zeros(codes_a_NA.shape[1], codes_b_NB.shape[1], dtype=torch.float64)
     if not len(used_a) or not len(used_b):
         return full
@@ -91,7 +91,8 @@ def correlation_matrix(
     return full
 
 
-def _nonzero_columns(codes_NS: Tensor) -> Tensor:
+def nonzero_columns(codes_NS: Tensor) -> Tensor:
+    """Indices of the latents that fire at least once (a column with a non-zero)."""
     return torch.nonzero(codes_NS.detach().ne(0).any(dim=0)).flatten()
 
 

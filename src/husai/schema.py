@@ -129,7 +129,8 @@ class PairRow:
 
 @dataclass(frozen=True)
 class DynamicsRow:
-    """Cross-seed PW-MCC (all latents) of one configuration at one decoder snapshot."""
+    """Cross-seed PW-MCC of one configuration at one decoder snapshot: ``metric`` ``pw_mcc``
+    (all latents) or ``pw_mcc_alive`` (latents alive at that step)."""
 
     group: GroupKey
     step: int

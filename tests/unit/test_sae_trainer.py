@@ -144,6 +144,9 @@ def test_resume_from_checkpoint_is_bit_identical(arch: str, tmp_path, monkeypatc
     assert sorted(resumed.snapshots) == sorted(full.snapshots)
     for s in full.snapshots:
         assert torch.equal(full.snapshots[s], resumed.snapshots[s])
+    assert sorted(resumed.snapshot_alive) == sorted(full.snapshot_alive)
+    for s in full.snapshot_alive:
+        assert torch.equal(full.snapshot_alive[s], resumed.snapshot_alive[s])
 
 
 def test_checkpoint_of_other_config_is_refused(tmp_path) -> None:
@@ -323,3 +326,16 @@ def test_topk_dense_and_sparse_paths_agree(monkeypatch) -> None:
     assert "loss_auxk" in dense.history and "loss_auxk" in sparse.history
     for k, p in dense.sae.params.items():
         assert torch.allclose(p, sparse.sae.params[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_snapshot_alive_masks_are_the_trainers_dead_counter_at_each_snapshot() -> None:
+    # dead_window 64 = 2 batches: latents that stop firing are dead within the run
+    cfgs = [ReluSAEConfig(d_sae=S, l1_coefficient=10.0)]
+    group = train_group(_acts(), cfgs, _tc(steps=40, log_every=40))
+    assert sorted(group.snapshot_alive) == sorted(group.snapshots)
+    assert group.snapshot_alive[0].all()  # nothing has had a window to die in yet
+    final = group.snapshot_alive[40]
+    assert final.shape == group.snapshots[40].shape[:2] and final.dtype == torch.bool
+    dead_logged = torch.tensor(group.history["dead_fraction"][-1])  # logged at step 40
+    assert torch.equal(1 - final.float().mean(-1), dead_logged)
+    assert 0 < int(final.sum()) < final.numel()  # the case has dead and alive latents

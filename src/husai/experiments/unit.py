@@ -49,6 +49,7 @@ from husai.model import build_model
 from husai.model.splice import loss_with_replacement
 from husai.saes import evaluate, init_group, load_sae, train_group
 from husai.saes.io import save_member
+from husai.saes.trainer import GroupResult
 from husai.schema import DynamicsRow, GroupKey, PairRow, SaeRecord, group_id
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def _execute(payload: UnitPayload) -> UnitResult:
     _add_latent_files(payload, saes, latents)
     latents_s += time.perf_counter() - t1
     pairs = _pair_rows(unit, payload, group.sae, init_sae, codes, alive, data)
-    dynamics = _dynamics_rows(unit, payload, group.snapshots, data)
+    dynamics = _dynamics_rows(unit, payload, group, data)
     snapshots = {f"step_{s}": w for s, w in sorted(group.snapshots.items())}
     return UnitResult(
         payload.unit_id,
@@ -314,37 +315,65 @@ def _init_view(init_sae: Any, index: int) -> SimpleNamespace:
 
 
 def _dynamics_rows(
-    unit: Unit, payload: UnitPayload, snapshots: dict[int, Tensor], data: DataReference
+    unit: Unit, payload: UnitPayload, group: GroupResult, data: DataReference
 ) -> list[DynamicsRow]:
-    """Cross-seed PW-MCC (all latents) at every decoder snapshot, beside its random baselines."""
+    """Cross-seed PW-MCC at every decoder snapshot, over all latents (``pw_mcc``) and over the
+    latents alive at that step (``pw_mcc_alive``: fired within the last ``dead_window``
+    training samples, ``GroupResult.snapshot_alive``), each beside its random baselines. The
+    alive rows' baselines are drawn at the seeds' mean alive count (one draw per snapshot and
+    configuration, not one per pair as in results.parquet)."""
     seeds = unit.sae_train.init_seeds
+    n_seeds, trials = len(seeds), payload.metrics.baseline_trials
     rows = []
-    for step, dec_NSD in sorted(snapshots.items()):
+    for step, dec_NSD in sorted(group.snapshots.items()):
+        alive_NS = group.snapshot_alive.get(step)
         for s_idx, cfg in enumerate(unit.sae_cfgs):
-            sparsity = float(getattr(cfg, unit.sparsity_name))
-            vals = [
-                pw_mcc(dec_NSD[s_idx * len(seeds) + i], dec_NSD[s_idx * len(seeds) + j])
-                for i, j in combinations(range(len(seeds)), 2)
-            ]
-            if not vals:
+            members = range(s_idx * n_seeds, (s_idx + 1) * n_seeds)
+            pairs = list(combinations(members, 2))
+            if not pairs:
                 continue
-            n, d = dec_NSD.shape[1], dec_NSD.shape[2]
-            trials = payload.metrics.baseline_trials
-            base, _ = random_unit_baseline("pw_mcc", n, n, d, trials=trials)
-            extra = data_baselines("pw_mcc", n, n, data, trials)
-            rows.append(
-                DynamicsRow(
-                    _group_key(payload, sparsity),
-                    step=int(step),
-                    metric="pw_mcc",
-                    value=float(sum(vals) / len(vals)),
-                    baseline=float(base),
-                    baseline_subspace=extra["subspace"],
-                    baseline_acts=extra["acts"],
-                    baseline_hardest=hardest(base, *extra.values()),
-                )
-            )
+            key = _group_key(payload, float(getattr(cfg, unit.sparsity_name)))
+            d = dec_NSD.shape[2]
+            vals = [pw_mcc(dec_NSD[i], dec_NSD[j]) for i, j in pairs]
+            rows.append(_dynamics_row(key, step, "pw_mcc", vals, dec_NSD.shape[1], d, data, trials))
+            if alive_NS is None:
+                continue  # a checkpoint of an older version: no alive masks at its snapshots
+            subs = {m: dec_NSD[m][alive_NS[m]] for m in members}
+            vals = [
+                pw_mcc(subs[i], subs[j]) if min(len(subs[i]), len(subs[j])) else 0.0
+                for i, j in pairs
+            ]
+            n_alive = round(sum(len(v) for v in subs.values()) / n_seeds)
+            rows.append(_dynamics_row(key, step, "pw_mcc_alive", vals, n_alive, d, data, trials))
     return rows
+
+
+def _dynamics_row(
+    key: GroupKey,
+    step: int,
+    metric: str,
+    vals: list[float],
+    n: int,
+    d: int,
+    data: DataReference,
+    trials: int,
+) -> DynamicsRow:
+    """One snapshot's mean over pairs beside the baselines of n-latent random dictionaries
+    (0 for an empty dictionary, which random ones match no better)."""
+    base, extra = 0.0, {"subspace": 0.0, "acts": 0.0}
+    if n > 0:
+        base, _ = random_unit_baseline("pw_mcc", n, n, d, trials=trials)
+        extra = data_baselines("pw_mcc", n, n, data, trials)
+    return DynamicsRow(
+        key,
+        step=int(step),
+        metric=metric,
+        value=float(sum(vals) / len(vals)),
+        baseline=float(base),
+        baseline_subspace=extra["subspace"],
+        baseline_acts=extra["acts"],
+        baseline_hardest=hardest(base, *extra.values()),
+    )
 
 
 def _add_latent_files(

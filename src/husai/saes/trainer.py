@@ -79,6 +79,9 @@ class GroupResult:
     history: dict[str, list] = field(default_factory=dict)
     norm_scale: float = 1.0
     train_cfg: SAETrainConfig | None = None
+    snapshot_alive: dict[int, Tensor] = field(default_factory=dict)
+    """Per snapshot step, ``[N, S]`` bool: the latents that fired within the last
+    ``dead_window`` training samples then (the trainer's own dead counter; all at step 0)."""
 
 
 def group_members(
@@ -176,6 +179,7 @@ class _GroupTrainer:
         self.windows: list[list[float]] = [[0.0] * n, [0.0] * n]
         self.history: dict[str, list] = {}
         self.snapshots: dict[int, Tensor] = {}
+        self.snapshot_alive: dict[int, Tensor] = {}
         self.snap_at = set(snapshot_steps(train_cfg.steps, train_cfg.n_snapshots))
         self.last_ckpt: int | None = None
         seeds = [train_cfg.data_seed + m[1] for m in self.members]
@@ -204,7 +208,7 @@ class _GroupTrainer:
     # ---- main loop -------------------------------------------------------------
     def run(self, progress: bool) -> GroupResult:
         if 0 in self.snap_at and 0 not in self.snapshots:
-            self.snapshots[0] = self.sae.W_dec.detach().clone().cpu()
+            self._snapshot()
         with (
             progress_bar(
                 "training SAEs",
@@ -221,7 +225,7 @@ class _GroupTrainer:
                 self._after_step_bookkeeping()
                 bar.update(self.step)
         if self.step not in self.snapshots and self.cfg.n_snapshots > 0:
-            self.snapshots[self.step] = self.sae.W_dec.detach().clone().cpu()
+            self._snapshot()
         if self.ckpt_dir is not None and self.last_ckpt != self.step:
             self._save_checkpoint()
         return self._result()
@@ -282,9 +286,15 @@ class _GroupTrainer:
         if self.step in self.cfg.resample_dead_at and self.sae.arch.resamples_dead:
             self._resample()
         if self.step in self.snap_at:
-            self.snapshots[self.step] = self.sae.W_dec.detach().clone().cpu()
+            self._snapshot()
         if self.ckpt_dir is not None and self.step % self.cfg.checkpoint_every == 0:
             self._save_checkpoint()
+
+    def _snapshot(self) -> None:
+        """The decoders now, and which latents are alive now (``GroupResult.snapshot_alive``)."""
+        self.snapshots[self.step] = self.sae.W_dec.detach().clone().cpu()
+        alive_NS = self.since_fired_NS < self.cfg.dead_window
+        self.snapshot_alive[self.step] = alive_NS.cpu()
 
     def _track_plateau(self, losses: list[float]) -> None:
         w = self.cfg.plateau_window
@@ -343,6 +353,7 @@ class _GroupTrainer:
             history=self.history,
             norm_scale=self.scale,
             train_cfg=self.cfg,
+            snapshot_alive={s: a.cpu() for s, a in sorted(self.snapshot_alive.items())},
         )
 
     # ---- checkpoints -------------------------------------------------------------
@@ -352,6 +363,7 @@ class _GroupTrainer:
         tensors |= {f"buffer.{k}": v for k, v in self.sae.buffers.items()}
         tensors |= {f"adam.{k}": v for k, v in self.adam.state_tensors().items()}
         tensors |= {f"snap.{s}": v for s, v in self.snapshots.items()}
+        tensors |= {f"alive.{s}": v for s, v in self.snapshot_alive.items()}
         tensors["since_fired"] = self.since_fired_NS
         atomic_save_safetensors(self.ckpt_dir / CKPT_TENSORS, tensors)
         state = {
@@ -388,6 +400,9 @@ class _GroupTrainer:
             {k[5:]: v for k, v in tensors.items() if k.startswith("adam.")}
         )
         self.snapshots = {int(k[5:]): v for k, v in tensors.items() if k.startswith("snap.")}
+        self.snapshot_alive = {  # absent from checkpoints of older versions: no alive rows
+            int(k[6:]): v for k, v in tensors.items() if k.startswith("alive.")
+        }
         self.since_fired_NS = tensors["since_fired"].to(self.device)
         self.step, self.converged = state["step"], state["converged"]
         self.resampled = state.get("resampled", self.resampled)

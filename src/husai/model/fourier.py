@@ -344,19 +344,24 @@ def fit_planes(
     freqs = list(range(1, (group.order - 1) // 2 + 1))
     phi_NM, planes = design_matrix(pairs_N2, p, freqs, variables, group)
     phi_NM = phi_NM - phi_NM.mean(0)
-    coef_MD = torch.linalg.lstsq(phi_NM, x_ND).solution
-    total = x_ND.pow(2).sum()
-    bases, r2s = [], []
-    for j in range(len(planes)):
-        c_2D = coef_MD[2 * j : 2 * j + 2]
-        r2s.append((phi_NM[:, 2 * j : 2 * j + 2] @ c_2D).pow(2).sum() / total)
-        bases.append(torch.linalg.svd(c_2D, full_matrices=False)[2])
+    # QR without pivoting (gels): the columns are orthogonal on the full grid, so full rank.
+    # The default driver (gelsy, pivoted QR) gave coefficients differing in the last bits
+    # between calls on identical inputs in one process, even on one thread; gels gives the
+    # same bits every time at a given thread count (across thread counts they differ ~4e-16).
+    coef_MD = torch.linalg.lstsq(phi_NM, x_ND, driver="gels").solution
+    # plane j's fitted part phi_j c_j has squared norm tr(c_j^T (phi_j^T phi_j) c_j): from the
+    # 2 x 2 Gram blocks, without forming the n x d fitted activations of every plane
+    phi_NP2 = phi_NM.reshape(phi_NM.shape[0], len(planes), 2)
+    gram_P22 = torch.einsum("npi,npk->pik", phi_NP2, phi_NP2)
+    coef_P2D = coef_MD.reshape(len(planes), 2, -1)
+    fitted_P = torch.einsum("pid,pik,pkd->p", coef_P2D, gram_P22, coef_P2D)
+    bases = torch.linalg.svd(coef_P2D, full_matrices=False)[2]
     freq = torch.tensor([k for k, _ in planes])
     return FourierPlanes(
-        basis=torch.stack(bases).float(),
+        basis=bases.float(),
         freq=freq,
         variable=[v for _, v in planes],
-        r2=torch.stack(r2s).float(),
+        r2=(fitted_P / x_ND.pow(2).sum()).float(),
         is_key=torch.isin(freq, torch.tensor(sorted(key_freqs), dtype=torch.long)),
     )
 

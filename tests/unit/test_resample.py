@@ -142,3 +142,16 @@ def test_resampling_leaves_topk_alone_and_resumes_bit_identically(tmp_path, monk
     resumed = train_group(acts, CFGS, tc, checkpoint_dir=tmp_path)
     assert torch.equal(full.sae.W_dec, resumed.sae.W_dec)
     assert resumed.history == full.history
+
+
+def test_no_plateau_is_declared_until_two_windows_after_a_resampling() -> None:
+    # plateau_tol 1.0: any window counts as a plateau at the first step allowed to check
+    acts, tc = _train_acts(), _tc(plateau_tol=1.0, plateau_window=5)
+    assert train_group(acts, CFGS, tc).converged_step == [10] * 4
+    late = train_group(acts, CFGS, tc.model_copy(update={"resample_dead_at": [8]}))
+    assert late.converged_step == [20] * 4  # windows 10-15 and 15-20 follow the resampling
+    topk = [TopKSAEConfig(d_sae=24, k=2)]  # AuxK, no resampling: nothing to wait for
+    assert (
+        train_group(acts, topk, tc.model_copy(update={"resample_dead_at": [8]})).converged_step
+        == [10] * 2
+    )

@@ -12,7 +12,8 @@ asks the architecture for the loss terms of a batch, sums them per model, and th
 - stores W_dec snapshots at log-spaced steps (step 0 = initialisation);
 - stops with :class:`~husai.errors.TrainingDivergedError` on a NaN/inf loss;
 - declares a model converged when the mean loss of a ``plateau_window``-step window
-  improves by less than ``plateau_tol`` (relative) on the window before; a converged
+  improves by less than ``plateau_tol`` (relative) on the window before, both windows
+  after the last dead-latent resampling (whose loss spike is no plateau); a converged
   model is frozen (no further updates), so it ends exactly as it would alone, and the
   group stops when every model has converged or ``steps`` is reached;
 - writes resumable checkpoints (parameters, Adam moments, trainer state).
@@ -303,7 +304,14 @@ class _GroupTrainer:
         if self.step % w != 0:
             return
         prev, cur = self.windows
-        if self.cfg.plateau_tol > 0 and self.step >= 2 * w and self.step > self.cfg.warmup_steps:
+        # both windows must lie after the last resampling, whose loss spike is no plateau
+        resampled = [s for s in self.cfg.resample_dead_at if s < self.step]
+        after = max(resampled) if resampled and self.sae.arch.resamples_dead else 0
+        if (
+            self.cfg.plateau_tol > 0
+            and self.step >= after + 2 * w
+            and self.step > self.cfg.warmup_steps
+        ):
             for n in range(len(cur)):
                 improvement = (prev[n] - cur[n]) / max(abs(prev[n]), 1e-30)
                 if self.converged[n] is None and improvement < self.cfg.plateau_tol:

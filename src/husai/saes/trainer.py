@@ -182,6 +182,10 @@ class _GroupTrainer:
         self.snapshots: dict[int, Tensor] = {}
         self.snapshot_alive: dict[int, Tensor] = {}
         self.snap_at = set(snapshot_steps(train_cfg.steps, train_cfg.n_snapshots))
+        # the steps that resample: none for architectures that keep latents alive otherwise
+        self.resample_at = (
+            set(train_cfg.resample_dead_at) if self.sae.arch.resamples_dead else set()
+        )
         self.last_ckpt: int | None = None
         seeds = [train_cfg.data_seed + m[1] for m in self.members]
         self.shared = not train_cfg.per_model_data_order
@@ -239,7 +243,7 @@ class _GroupTrainer:
     def train_step(self) -> None:
         x = self._batch()
         x_NBD = x.expand(self.sae.n_models, *x.shape) if x.dim() == 2 else x
-        dead_NS = self.since_fired_NS >= self.cfg.dead_window
+        dead_NS = self._dead_NS()
         out = self.sae.arch.train_forward(self.sae, x_NBD, dead_NS)
         loss_N = torch.stack(list(out.losses.values())).sum(0)
         self._check_finite(loss_N)
@@ -284,7 +288,7 @@ class _GroupTrainer:
         self._track_plateau(loss_N.tolist())
         if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
             self._log(out, loss_N, lr)
-        if self.step in self.cfg.resample_dead_at and self.sae.arch.resamples_dead:
+        if self.step in self.resample_at:
             self._resample()
         if self.step in self.snap_at:
             self._snapshot()
@@ -294,8 +298,11 @@ class _GroupTrainer:
     def _snapshot(self) -> None:
         """The decoders now, and which latents are alive now (``GroupResult.snapshot_alive``)."""
         self.snapshots[self.step] = self.sae.W_dec.detach().clone().cpu()
-        alive_NS = self.since_fired_NS < self.cfg.dead_window
-        self.snapshot_alive[self.step] = alive_NS.cpu()
+        self.snapshot_alive[self.step] = (~self._dead_NS()).cpu()
+
+    def _dead_NS(self) -> Tensor:
+        """``[N, S]``: latents that have not fired within the last ``dead_window`` samples."""
+        return self.since_fired_NS >= self.cfg.dead_window
 
     def _track_plateau(self, losses: list[float]) -> None:
         w = self.cfg.plateau_window
@@ -305,8 +312,7 @@ class _GroupTrainer:
             return
         prev, cur = self.windows
         # both windows must lie after the last resampling, whose loss spike is no plateau
-        resampled = [s for s in self.cfg.resample_dead_at if s < self.step]
-        after = max(resampled) if resampled and self.sae.arch.resamples_dead else 0
+        after = max((s for s in self.resample_at if s < self.step), default=0)
         if (
             self.cfg.plateau_tol > 0
             and self.step >= after + 2 * w
@@ -320,7 +326,7 @@ class _GroupTrainer:
 
     def _resample(self) -> None:
         """Resample the dead latents of the models still training (``husai.saes.resample``)."""
-        dead_NS = self.since_fired_NS >= self.cfg.dead_window
+        dead_NS = self._dead_NS()
         models = [n for n, c in enumerate(self.converged) if c is None]
         seeds = [resample_seed(self.cfg.data_seed, seed, self.step) for _, seed in self.members]
         counts = resample_dead(self.sae, self.adam, self.acts_ND, dead_NS, models, seeds)
@@ -330,7 +336,7 @@ class _GroupTrainer:
         log.debug("step %d resampled %s dead latents", self.step, counts)
 
     def _log(self, out, loss_N: Tensor, lr: float) -> None:
-        dead_NS = self.since_fired_NS >= self.cfg.dead_window
+        dead_NS = self._dead_NS()
         row = {
             "step": self.step,
             "lr": lr,
@@ -339,7 +345,7 @@ class _GroupTrainer:
             "dead_fraction": dead_NS.float().mean(-1).tolist(),
             **{f"loss_{k}": v.detach().tolist() for k, v in out.losses.items()},
         }
-        if self.cfg.resample_dead_at and self.sae.arch.resamples_dead:
+        if self.resample_at:
             row["resampled"] = list(self.resampled)  # cumulative, per model
         for k, v in row.items():
             self.history.setdefault(k, []).append(v)

@@ -238,6 +238,12 @@ def _mm_into(out_NXZ: Tensor, A_NXY: Tensor, B_NYZ: Tensor) -> Tensor:
     return out_NXZ
 
 
+def per_model_mm(A_NXY: Tensor, B_NYZ: Tensor) -> Tensor:
+    """``A[n] @ B[n]`` for every model without autograd, one 2-D ``mm`` per model (the calls
+    :class:`ModelMM` makes); A may be an expanded view shared by all models. CPU only."""
+    return _mm_into(A_NXY.new_empty(B_NYZ.shape[0], A_NXY.shape[1], B_NYZ.shape[2]), A_NXY, B_NYZ)
+
+
 class ModelMM(torch.autograd.Function):
     """``A[n] @ B[n]`` for every model n, one 2-D ``mm`` per model, forward and backward.
 

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, mse_per_model
 from husai.saes.config_base import KSAEConfigBase
-from husai.saes.topk import dense_auxk
+from husai.saes.gram import gram_applies, gram_inputs
+from husai.saes.topk import dense_auxk, gram_auxk_out
 
 EMA_RATE = 0.01
 
@@ -63,6 +64,9 @@ class BatchTopKArch(Architecture):
     decoder_init_norm = 1.0
     saelens_architecture = "jumprelu"
     saelens_reads = ("batchtopk",)
+    prefixes: tuple[int, ...] | None = None
+    """Nested prefix losses (Matryoshka); None: one reconstruction loss."""
+    mse_name = "mse"
 
     def init_extra(self, cfg, d_sae: int) -> dict[str, Tensor]:
         return {"threshold": torch.zeros(d_sae), "threshold_ema": torch.zeros(())}
@@ -76,6 +80,11 @@ class BatchTopKArch(Architecture):
         return {"mse": mse_per_model(recon_NBD, x_NBD)}, recon_NBD
 
     def train_forward(self, sae: BatchedSAE, x_NBD: Tensor, dead_NS: Tensor) -> TrainOut:
+        if gram_applies(sae, x_NBD):  # narrow dictionaries: husai.saes.gram
+            gi = gram_inputs(sae, x_NBD)
+            with torch.no_grad():
+                codes_NBS, self._min_kept_N = batch_topk(gi.pre_NBS, self.hp("k", torch.long))
+            return gram_auxk_out(self, sae, gi, codes_NBS, dead_NS, self.prefixes, self.mse_name)
         pre_NBS = sae.pre_acts(x_NBD)
         codes_NBS, min_kept_N = batch_topk(pre_NBS, self.hp("k", torch.long))
         self._min_kept_N = min_kept_N

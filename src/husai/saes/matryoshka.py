@@ -62,6 +62,7 @@ class MatryoshkaArch(BatchTopKArch):
     name = "matryoshka"
     config_class = MatryoshkaSAEConfig
     saelens_reads = ()  # saved as 'jumprelu' like BatchTopK; SAELens' batchtopk loads as that
+    mse_name = "matryoshka_mse"
 
     def husai_fields(self, cfg: Any) -> dict[str, Any]:
         return {"prefixes": list(prefixes_of(cfg))}

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from husai.saes.base import Architecture, BatchedSAE, TrainOut, model_mm, per_model_mv
 from husai.saes.config_base import SAEConfigBase
+from husai.saes.gram import gram_applies, gram_inputs, gram_losses
 
 
 class ReluSAEConfig(SAEConfigBase):
@@ -87,7 +88,15 @@ class ReluArch(Architecture):
         return torch.relu(sae.pre_acts(x_NBD))
 
     def train_forward(self, sae: BatchedSAE, x_NBD: Tensor, dead_NS: Tensor) -> TrainOut:
-        mse_N, l1_N, counts_NS = ReluSAEFn.apply(x_NBD, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+        if gram_applies(sae, x_NBD):  # narrow dictionaries: husai.saes.gram
+            gi = gram_inputs(sae, x_NBD)
+            codes_NBS = gi.pre_NBS.relu_()
+            mse_N, _, l1_N = gram_losses(sae, gi, codes_NBS, l1=True)
+            counts_NS = (codes_NBS > 0).sum(1)
+        else:
+            mse_N, l1_N, counts_NS = ReluSAEFn.apply(
+                x_NBD, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+            )
         return TrainOut(
             losses={"mse": mse_N, "l1": self.hp("l1_coefficient") * l1_N},
             fired_NS=counts_NS > 0,

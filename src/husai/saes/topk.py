@@ -17,7 +17,9 @@ model n keeps its first k_n, so each model selects exactly what it would alone. 
 encoder pre-activations are computed without autograd; gradients flow through
 :mod:`husai.saes.sparse` at the selected (sample, latent) pairs only, or, for widths up
 to :data:`~husai.saes.dense.DENSE_MAX_WIDTH`, through the dense products of
-:mod:`husai.saes.dense` (faster there; the path depends on the width alone).
+:mod:`husai.saes.dense`, or, for narrow dictionaries on a shared batch (d_sae <= d_in / 2),
+through the Gram form of :mod:`husai.saes.gram`, AuxK included (the path depends on the
+shapes and the data order alone, never on the group).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from husai.saes.base import (
 )
 from husai.saes.config_base import KSAEConfigBase
 from husai.saes.dense import DENSE_MAX_WIDTH, dense_recon
+from husai.saes.gram import GramInputs, gram_applies, gram_inputs, gram_losses
 from husai.saes.sparse import LatentSorter, SparseDecode, SparseEncode
 
 
@@ -85,6 +88,14 @@ class TopKArch(Architecture):
 
     def train_forward(self, sae: BatchedSAE, x_NBD: Tensor, dead_NS: Tensor) -> TrainOut:
         k_N = self.hp("k", torch.long)
+        if gram_applies(sae, x_NBD):
+            gi = gram_inputs(sae, x_NBD)
+            with torch.no_grad():
+                pre_NBS = gi.pre_NBS.relu_()
+                idx_NBK = topk_indices(pre_NBS, int(k_N.max()))
+                vals_NBK = pre_NBS.gather(-1, idx_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
+                codes_NBS = torch.zeros_like(pre_NBS).scatter_(-1, idx_NBK, vals_NBK)
+            return gram_auxk_out(self, sae, gi, codes_NBS, dead_NS)
         with torch.no_grad():
             x_in_NBD = x_NBD - sae.b_dec[:, None, :]
             # ReLU'd in place: the codes only ever use ReLU(pre) (see topk_indices)
@@ -144,6 +155,32 @@ def auxk_select(pre_NBS: Tensor, dead_NS: Tensor, d_in: int) -> tuple[Tensor, Te
     idx_NBK = keys.topk(int(kaux_N.max()), dim=-1, sorted=True).indices
     scale_N = (n_dead_N.float() / k_aux).clamp(max=1.0)
     return idx_NBK, rank_mask(kaux_N, idx_NBK.shape[-1]), scale_N
+
+
+def gram_auxk_out(
+    arch: Architecture,
+    sae: BatchedSAE,
+    gi: GramInputs,
+    codes_NBS: Tensor,
+    dead_NS: Tensor,
+    prefixes: tuple[int, ...] | None = None,
+    mse_name: str = "mse",
+) -> TrainOut:
+    """The training output of TopK-family codes through :mod:`husai.saes.gram`: the
+    reconstruction mse (summed over nested ``prefixes`` for Matryoshka) and, when latents
+    are dead, AuxK (Gao et al. 2024, App. A.2)."""
+    aux_codes_NBS = None
+    if bool(dead_NS.any()):
+        with torch.no_grad():
+            idx_NBK, keep_N1K, scale_N = auxk_select(gi.pre_NBS, dead_NS, sae.d_in)
+            vals_NBK = torch.relu(gi.pre_NBS.gather(-1, idx_NBK)) * keep_N1K
+            aux_codes_NBS = torch.zeros_like(gi.pre_NBS).scatter_(-1, idx_NBK, vals_NBK)
+    mse_N, aux_N, _ = gram_losses(sae, gi, codes_NBS, aux_codes_NBS, prefixes=prefixes)
+    losses = {mse_name: mse_N}
+    if aux_codes_NBS is not None:
+        losses["auxk"] = arch.hp("aux_coefficient") * scale_N * aux_N
+    active_NBS = codes_NBS > 0
+    return TrainOut(losses, active_NBS.any(1), active_NBS.sum(-1, dtype=torch.float32).mean(-1))
 
 
 def dense_auxk(

@@ -242,7 +242,9 @@ class _GroupTrainer:
 
     def train_step(self) -> None:
         x = self._batch()
-        x_NBD = x.expand(self.sae.n_models, *x.shape) if x.dim() == 2 else x
+        # a shared batch is a stride-0 view over models, also for one model (which expand
+        # would give a full stride): kernels tell shared from per-model batches by it
+        x_NBD = x.as_strided((self.sae.n_models, *x.shape), (0, *x.stride())) if x.dim() == 2 else x
         dead_NS = self._dead_NS()
         out = self.sae.arch.train_forward(self.sae, x_NBD, dead_NS)
         loss_N = torch.stack(list(out.losses.values())).sum(0)

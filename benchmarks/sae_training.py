@@ -41,6 +41,23 @@ def _acts(n_rows: int, d_in: int, seed: int = 0) -> torch.Tensor:
     return coef @ basis + 0.1 * torch.randn(n_rows, d_in, generator=gen)
 
 
+def _grokked_acts() -> torch.Tensor:
+    """The committed grokked model's final-position residual stream over all p^2 inputs (the
+    default study's data: low rank, so latents die and AuxK runs), scaled to mean squared
+    norm d_in as the trainer normalises it."""
+    from pathlib import Path
+
+    from husai.activations import extract
+    from husai.model.store import load_model, load_run_config
+    from husai.tasks import make_dataset
+
+    model_dir = Path(__file__).resolve().parents[1] / "artifacts" / "default_model"
+    data = make_dataset(load_run_config(model_dir).task)
+    hook = "blocks.0.hook_resid_post"
+    acts = extract(load_model(model_dir), data.tokens, [hook])[hook]
+    return acts * (acts.shape[1] / acts.pow(2).sum(-1).mean()).sqrt()
+
+
 def _saelens_trainer(kind: str, args, seed: int, acts: torch.Tensor):
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
@@ -164,9 +181,10 @@ def _measure_gemm(kind: str, args, acts: torch.Tensor) -> tuple[list[float], lis
 SMALL = dict(d_in=128, batch=512, seeds=5, ks=(1, 2, 4, 8), l1s=(1.0, 2.0, 4.0, 8.0))
 
 
-def _naive_group(kind: str, width: int, acts: torch.Tensor):
+def _naive_group(kind: str, width: int, acts: torch.Tensor, dead_window: int = 10**9):
     """The reference: a plain dense loop (baddbmm, topk, scatter, bmm, autograd, torch Adam)
-    over the same models (sparsity values x seeds) and the same batches."""
+    over the same models (sparsity values x seeds) and the same batches; for TopK with the
+    AuxK loss of Gao et al. (App. A.2) on latents silent for ``dead_window`` samples."""
     values = SMALL["ks"] if kind == "topk" else SMALL["l1s"]
     n, d, batch = len(values) * SMALL["seeds"], SMALL["d_in"], SMALL["batch"]
     gen = torch.Generator().manual_seed(0)
@@ -178,7 +196,18 @@ def _naive_group(kind: str, width: int, acts: torch.Tensor):
     opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=1e-3)
     per_model = torch.tensor([v for v in values for _ in range(SMALL["seeds"])])
     keep = (torch.arange(max(SMALL["ks"]))[None, :] < per_model[:, None]).float()[:, None, :]
-    state = {"step": 0}
+    state = {"step": 0, "since": torch.zeros(n, width)}
+
+    def auxk(pre, x, recon):
+        dead = state["since"] >= dead_window
+        k_aux = min(d // 2, width)
+        n_dead = dead.sum(-1)
+        vals, idx = torch.where(dead[:, None, :], pre, -1.0).topk(k_aux, dim=-1)
+        ranks = (torch.arange(k_aux)[None, :] < n_dead[:, None]).float()[:, None, :]
+        codes = torch.zeros_like(pre).scatter(-1, idx, vals.relu() * ranks)
+        e_hat = torch.bmm(codes, W_dec)
+        scale = (n_dead.float() / (d // 2)).clamp(max=1.0) / 32
+        return scale * (e_hat - (x - recon).detach()).pow(2).sum(-1).mean(-1)
 
     def step() -> None:
         rows = torch.arange(state["step"] * batch, (state["step"] + 1) * batch) % acts.shape[0]
@@ -193,18 +222,22 @@ def _naive_group(kind: str, width: int, acts: torch.Tensor):
         loss = (recon - x).pow(2).sum(-1).mean(-1)
         if kind == "relu":
             loss = loss + per_model * (codes * W_dec.norm(dim=-1)[:, None, :]).sum(-1).mean(-1)
+        elif bool((state["since"] >= dead_window).any()):
+            loss = loss + auxk(pre, x, recon)
         opt.zero_grad()
         loss.sum().backward()
         opt.step()
         if kind == "topk":
             with torch.no_grad():
                 W_dec.div_(W_dec.norm(dim=-1, keepdim=True))
+        state["since"] += batch
+        state["since"][(codes.detach() > 0).any(1)] = 0
         state["step"] += 1
 
     return step, n
 
 
-def _husai_group(kind: str, width: int, acts: torch.Tensor):
+def _husai_group(kind: str, width: int, acts: torch.Tensor, dead_window: int = 10**9):
     from husai.config import ReluSAEConfig, SAETrainConfig, TopKSAEConfig
     from husai.saes.trainer import _GroupTrainer
 
@@ -219,7 +252,7 @@ def _husai_group(kind: str, width: int, acts: torch.Tensor):
         steps=10**6,
         lr=1e-3,
         warmup_steps=0,
-        dead_window=10**9,
+        dead_window=dead_window,
         n_snapshots=0,
         plateau_tol=0.0,
     )
@@ -232,13 +265,18 @@ def _husai_group(kind: str, width: int, acts: torch.Tensor):
     return step, trainer.sae.n_models
 
 
-def _measure_small(kind: str, width: int, rounds: int) -> tuple[list[float], list[float]]:
+def _measure_small(
+    kind: str, width: int, rounds: int, dead_window: int = 10**9, grokked: bool = False
+) -> tuple[list[float], list[float]]:
     """Seconds per SAE-step of the naive dense loop and of HUSAI, interleaved rounds of 10
-    steps each, on the default study's shapes (d_in 128, batch 512, 4 sparsities x 5 seeds)."""
-    acts = _acts(8192, SMALL["d_in"])
-    naive, n = _naive_group(kind, width, acts)
-    ours, _ = _husai_group(kind, width, acts)
-    for _ in range(3):  # warm-up
+    steps each, on the default study's shapes (d_in 128, batch 512, 4 sparsities x 5 seeds).
+    With a short ``dead_window`` both sides train TopK with AuxK on the dead latents, as
+    the studies do (the warm-up then runs until some latents are dead)."""
+    acts = _grokked_acts() if grokked else _acts(8192, SMALL["d_in"])
+    naive, n = _naive_group(kind, width, acts, dead_window)
+    ours, _ = _husai_group(kind, width, acts, dead_window)
+    warmup = 3 if dead_window >= 10**9 else 3 + 2 * dead_window // SMALL["batch"]
+    for _ in range(warmup):
         naive()
         ours()
     t_naive, t_ours = [], []
@@ -274,6 +312,19 @@ def main() -> None:
         help="instead: widths 16 and 64 vs a naive dense PyTorch loop (ratio = naive / HUSAI)",
     )
     p.add_argument(
+        "--dead-window",
+        type=int,
+        default=10**9,
+        help="with --small: latents silent this many samples are dead and TopK trains AuxK "
+        "on them, on both sides (default: never, no AuxK)",
+    )
+    p.add_argument(
+        "--grokked",
+        action="store_true",
+        help="with --small: train on the committed grokked model's residual stream (the "
+        "default study's data) instead of synthetic sparse activations",
+    )
+    p.add_argument(
         "--gemm",
         action="store_true",
         help="instead: HUSAI's per-model mm vs a batched bmm (ratio = bmm time / mm time)",
@@ -294,7 +345,9 @@ def main() -> None:
     for kind in args.kinds.split(","):
         for width in (16, 64) if args.small else (args.d_sae,):
             if args.small:
-                theirs, ours = _measure_small(kind, width, args.rounds)
+                theirs, ours = _measure_small(
+                    kind, width, args.rounds, args.dead_window, args.grokked
+                )
             else:
                 theirs, ours = (_measure_gemm if args.gemm else _measure)(kind, args, acts)
             results[f"{kind}-w{width}"] = r = _summary(theirs, ours, args.rounds)
@@ -308,7 +361,9 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} torch threads, torch {torch.__version__}",
-        "sizes": SMALL if args.small else sizes,
+        "sizes": SMALL | {"dead_window": args.dead_window, "grokked": args.grokked}
+        if args.small
+        else sizes,
         "other": other,
     }
     print(json.dumps(meta))

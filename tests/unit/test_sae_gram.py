@@ -114,7 +114,7 @@ def _acts() -> torch.Tensor:
     [
         [TopKSAEConfig(d_sae=16, k=2), TopKSAEConfig(d_sae=16, k=5)],
         [BatchTopKSAEConfig(d_sae=16, k=3)],
-        [ReluSAEConfig(d_sae=16, l1_coefficient=0.5)],
+        [ReluSAEConfig(d_sae=8, l1_coefficient=0.5)],
         [MatryoshkaSAEConfig(d_sae=16, k=3)],
     ],
     ids=["topk", "batchtopk", "relu", "matryoshka"],
@@ -126,9 +126,10 @@ def test_gram_training_follows_the_other_kernels(cfgs, monkeypatch) -> None:
 
     acts = _acts()
     probe = init_group(32, cfgs, _tc())
-    assert gram_applies(probe, acts[:4].expand(2, 4, 32))  # 16 <= 32 / 2
+    assert gram_applies(probe, acts[:4].expand(2, 4, 32), l1=cfgs[0].arch == "relu")
     ours = train_group(acts, cfgs, _tc())
     monkeypatch.setattr(gram, "GRAM_MAX_WIDTH_RATIO", 0.0)
+    monkeypatch.setattr(gram, "GRAM_MAX_WIDTH_RATIO_L1", 0.0)
     other = train_group(acts, cfgs, _tc())
     if cfgs[0].arch != "relu":
         assert "loss_auxk" in ours.history
@@ -143,7 +144,7 @@ def test_gram_batched_is_bit_identical_to_alone(arch: str) -> None:
     cfgs = {
         "topk": [TopKSAEConfig(d_sae=16, k=2), TopKSAEConfig(d_sae=16, k=5)],
         "batchtopk": [BatchTopKSAEConfig(d_sae=16, k=2), BatchTopKSAEConfig(d_sae=16, k=4)],
-        "relu": [ReluSAEConfig(d_sae=16, l1_coefficient=v) for v in (0.1, 1.0)],
+        "relu": [ReluSAEConfig(d_sae=8, l1_coefficient=v) for v in (0.1, 1.0)],
         "matryoshka": [MatryoshkaSAEConfig(d_sae=16, k=2), MatryoshkaSAEConfig(d_sae=16, k=4)],
     }[arch]
     group = train_group(acts, cfgs, _tc())
@@ -163,3 +164,18 @@ def test_the_path_depends_on_shapes_and_a_shared_batch_only() -> None:
     assert not gram_applies(sae, torch.stack([x_BD, x_BD]))  # per-model batches
     wide = init_group(32, [TopKSAEConfig(d_sae=17, k=2)], _tc())
     assert not gram_applies(wide, x_BD.expand(2, 8, 32))
+    assert not gram_applies(sae, x_BD.expand(2, 8, 32), l1=True)  # ReLU-L1: d_in / 4
+
+
+def test_auxk_codes_of_narrow_dictionaries_are_every_dead_latent() -> None:
+    """With d_sae <= d_in / 2 = k_aux, AuxK's top-k_aux dead latents are all dead latents:
+    the Gram path's shortcut equals the selection (same values, same scale)."""
+    from husai.saes.topk import auxk_select
+
+    gen = torch.Generator().manual_seed(2)
+    pre_NBS = torch.randn(3, 50, 16, generator=gen)
+    dead_NS = torch.rand(3, 16, generator=gen) < torch.tensor([[0.2], [0.6], [1.0]])
+    idx, keep, scale = auxk_select(pre_NBS, dead_NS, d_in=32)
+    selected = torch.zeros_like(pre_NBS).scatter_(-1, idx, pre_NBS.gather(-1, idx).relu() * keep)
+    assert torch.equal(selected, pre_NBS.relu() * dead_NS[:, None, :])
+    assert torch.equal(scale, (dead_NS.sum(-1).float() / 16).clamp(max=1.0))

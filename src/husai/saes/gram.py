@@ -26,8 +26,9 @@ encoder gradient. Two optional terms ride along in the same products:
 
 Two GEMMs of ``B x d_in x 2 d_sae`` per model replace the five ``B x d_in x d_sae`` products
 and the passes over the d_in-sized error of the dense kernels, at the price of
-``O(B d_sae^2)`` small products, so it pays for ``d_sae <= d_in / 2`` (measured:
-``benchmarks/sae_training.py --small``, BENCHMARKS.md). It needs the batch shared by all
+``O(B d_sae^2)`` small products, so it pays for narrow dictionaries: ``d_sae <= d_in / 2``
+for the TopK family, whose AuxK also gets cheap here (every dead latent is in AuxK's top
+d_in / 2), ``d_in / 4`` for ReLU-L1 (measured, see the constants; BENCHMARKS.md). It needs the batch shared by all
 models (``per_model_data_order`` off) and runs on the CPU; the path depends on the shapes
 alone, so a model takes it alone and in any group. The loss is an expansion, exact in real
 arithmetic; in float32 it agrees with the direct form to rounding (tests against autograd).
@@ -43,17 +44,22 @@ from torch import Tensor
 from husai.saes.base import BatchedSAE, on_accelerator, per_model_mm, per_model_mv
 
 GRAM_MAX_WIDTH_RATIO = 0.5
-"""Narrow SAEs (``d_sae <= ratio * d_in``) train through the Gram form."""
+"""TopK-family SAEs with ``d_sae <= ratio * d_in`` train through the Gram form. Measured per
+training step against the dense/sparse kernels on the default study's activations (its
+settings, 2 threads, AuxK running on 2-50% dead latents): residual stream (d_in 128) TopK
+2.3x at width 16 and 1.7x at 64, Matryoshka 2.0x and BatchTopK 1.4x at 64; MLP (d_in 512)
+TopK 2.9x at width 64 and 2.4x at 128."""
+GRAM_MAX_WIDTH_RATIO_L1 = 0.25
+"""The same for ReLU-L1, which has no AuxK to gain on: on synthetic activations (d_in 128,
+2 threads) the Gram form was 1.25x at width 16, 1.14x at 32 and 0.85x at 64 of the dense
+hand-written kernel; on d_in 512, 1.3x at 64 and 1.03x at 128."""
 
 
-def gram_applies(sae: BatchedSAE, x_NBD: Tensor) -> bool:
+def gram_applies(sae: BatchedSAE, x_NBD: Tensor, l1: bool = False) -> bool:
     """Whether ``sae`` trains through the Gram form on ``x_NBD``: on the CPU, a batch shared
-    by all models (an expanded view), and a narrow dictionary."""
-    return (
-        not on_accelerator(sae)
-        and x_NBD.stride(0) == 0
-        and sae.d_sae <= GRAM_MAX_WIDTH_RATIO * sae.d_in
-    )
+    by all models (a stride-0 view), and a narrow dictionary (``l1``: a ReLU-L1 SAE)."""
+    ratio = GRAM_MAX_WIDTH_RATIO_L1 if l1 else GRAM_MAX_WIDTH_RATIO
+    return not on_accelerator(sae) and x_NBD.stride(0) == 0 and sae.d_sae <= ratio * sae.d_in
 
 
 class GramInputs(NamedTuple):

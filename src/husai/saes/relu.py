@@ -88,7 +88,7 @@ class ReluArch(Architecture):
         return torch.relu(sae.pre_acts(x_NBD))
 
     def train_forward(self, sae: BatchedSAE, x_NBD: Tensor, dead_NS: Tensor) -> TrainOut:
-        if gram_applies(sae, x_NBD):  # narrow dictionaries: husai.saes.gram
+        if gram_applies(sae, x_NBD, l1=True):  # narrow dictionaries: husai.saes.gram
             gi = gram_inputs(sae, x_NBD)
             codes_NBS = gi.pre_NBS.relu_()
             mse_N, _, l1_N = gram_losses(sae, gi, codes_NBS, l1=True)

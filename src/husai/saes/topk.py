@@ -172,9 +172,13 @@ def gram_auxk_out(
     aux_codes_NBS = None
     if bool(dead_NS.any()):
         with torch.no_grad():
-            idx_NBK, keep_N1K, scale_N = auxk_select(gi.pre_NBS, dead_NS, sae.d_in)
-            vals_NBK = torch.relu(gi.pre_NBS.gather(-1, idx_NBK)) * keep_N1K
-            aux_codes_NBS = torch.zeros_like(gi.pre_NBS).scatter_(-1, idx_NBK, vals_NBK)
+            if sae.d_sae <= sae.d_in // 2:  # k_aux = d_in / 2 >= n_dead: every dead latent
+                aux_codes_NBS = torch.relu(gi.pre_NBS) * dead_NS[:, None, :]
+                scale_N = (dead_NS.sum(-1).float() / (sae.d_in // 2)).clamp(max=1.0)
+            else:
+                idx_NBK, keep_N1K, scale_N = auxk_select(gi.pre_NBS, dead_NS, sae.d_in)
+                vals_NBK = torch.relu(gi.pre_NBS.gather(-1, idx_NBK)) * keep_N1K
+                aux_codes_NBS = torch.zeros_like(gi.pre_NBS).scatter_(-1, idx_NBK, vals_NBK)
     mse_N, aux_N, _ = gram_losses(sae, gi, codes_NBS, aux_codes_NBS, prefixes=prefixes)
     losses = {mse_name: mse_N}
     if aux_codes_NBS is not None:

@@ -41,10 +41,10 @@ def _acts(n_rows: int, d_in: int, seed: int = 0) -> torch.Tensor:
     return coef @ basis + 0.1 * torch.randn(n_rows, d_in, generator=gen)
 
 
-def _grokked_acts() -> torch.Tensor:
-    """The committed grokked model's final-position residual stream over all p^2 inputs (the
-    default study's data: low rank, so latents die and AuxK runs), scaled to mean squared
-    norm d_in as the trainer normalises it."""
+def _grokked_acts(hook: str = "blocks.0.hook_resid_post") -> torch.Tensor:
+    """The committed grokked model's final-position activations at ``hook`` over all p^2
+    inputs (the default study's data: low rank, so latents die and AuxK runs), scaled to
+    mean squared norm d_in as the trainer normalises it."""
     from pathlib import Path
 
     from husai.activations import extract
@@ -53,7 +53,6 @@ def _grokked_acts() -> torch.Tensor:
 
     model_dir = Path(__file__).resolve().parents[1] / "artifacts" / "default_model"
     data = make_dataset(load_run_config(model_dir).task)
-    hook = "blocks.0.hook_resid_post"
     acts = extract(load_model(model_dir), data.tokens, [hook])[hook]
     return acts * (acts.shape[1] / acts.pow(2).sum(-1).mean()).sqrt()
 
@@ -286,6 +285,67 @@ def _measure_small(
     return t_naive, t_ours
 
 
+KERNEL_UNITS = [  # (hook, arch, width): the default study's narrow units
+    ("blocks.0.hook_resid_post", "topk", 16),
+    ("blocks.0.hook_resid_post", "topk", 64),
+    ("blocks.0.hook_resid_post", "batchtopk", 64),
+    ("blocks.0.hook_resid_post", "matryoshka", 64),
+    ("blocks.0.mlp.hook_post", "topk", 64),
+    ("blocks.0.mlp.hook_post", "topk", 128),
+    ("blocks.0.mlp.hook_post", "relu", 64),
+]
+
+
+def _measure_kernels(hook: str, arch: str, width: int, rounds: int, steps: int = 10):
+    """Seconds per SAE-step of one default-study unit (its sae_train settings, k 1/4/16 or
+    its l1, 5 seeds) with the Gram kernel and with it switched off (the dense and sparse
+    kernels), two trainers stepped alternately on the same activations, AuxK on when
+    latents die. Returns (other kernels, Gram)."""
+    from pathlib import Path
+
+    import yaml
+
+    from husai.config import SAETrainConfig
+    from husai.saes import gram
+    from husai.saes.registry import get_architecture
+    from husai.saes.trainer import _GroupTrainer
+
+    root = Path(__file__).resolve().parents[1]
+    study = yaml.safe_load((root / "configs" / "studies" / "default.yaml").read_text())
+    train_cfg = SAETrainConfig(**study["sae_train"])
+    cls = get_architecture(arch).config_class
+    cfgs = (
+        [cls(d_sae=width, l1_coefficient=2.0)]
+        if arch == "relu"
+        else [cls(d_sae=width, k=k) for k in (1, 4, 16)]
+    )
+    acts = _grokked_acts(hook)
+    saved = gram.GRAM_MAX_WIDTH_RATIO, gram.GRAM_MAX_WIDTH_RATIO_L1
+    trainers = {}
+    for name, ratios in (("other", (0.0, 0.0)), ("gram", saved)):
+        gram.GRAM_MAX_WIDTH_RATIO, gram.GRAM_MAX_WIDTH_RATIO_L1 = ratios
+        trainers[name] = (_GroupTrainer(acts, cfgs, train_cfg, None), ratios)
+
+    def run(name: str, n: int) -> None:
+        trainer, ratios = trainers[name]
+        gram.GRAM_MAX_WIDTH_RATIO, gram.GRAM_MAX_WIDTH_RATIO_L1 = ratios
+        for _ in range(n):
+            trainer.train_step()
+            trainer.step += 1
+            trainer._after_step_bookkeeping()
+
+    try:
+        for name in trainers:  # past warm-up, until latents have had a window to die in
+            run(name, 60)
+        times = {name: [] for name in trainers}
+        for _ in range(rounds):
+            for name in trainers:
+                times[name].append(_timed(lambda n=name: run(n, steps)) / (steps * len(cfgs) * 5))
+    finally:
+        gram.GRAM_MAX_WIDTH_RATIO, gram.GRAM_MAX_WIDTH_RATIO_L1 = saved
+    return times["other"], times["gram"]
+
+
 def _summary(theirs: list[float], ours: list[float], rounds: int) -> dict[str, float]:
     s_theirs, s_ours = statistics.median(theirs), statistics.median(ours)
     return {
@@ -325,6 +385,12 @@ def main() -> None:
         "default study's data) instead of synthetic sparse activations",
     )
     p.add_argument(
+        "--kernels",
+        action="store_true",
+        help="instead: the default study's narrow units on the grokked model's activations, "
+        "Gram kernel vs the dense/sparse kernels (ratio = other time / Gram time)",
+    )
+    p.add_argument(
         "--gemm",
         action="store_true",
         help="instead: HUSAI's per-model mm vs a batched bmm (ratio = bmm time / mm time)",
@@ -342,7 +408,17 @@ def main() -> None:
     acts = _acts(16 * args.batch if not args.quick else 2048, args.d_in)
     other = "bmm" if args.gemm else "naive" if args.small else "SAELens"
     results = {}
-    for kind in args.kinds.split(","):
+    if args.kernels:
+        other = "dense/sparse kernels"
+        for hook, arch, width in KERNEL_UNITS:
+            theirs, ours = _measure_kernels(hook, arch, width, args.rounds)
+            results[f"{arch}-w{width}-{hook}"] = r = _summary(theirs, ours, args.rounds)
+            print(
+                f"{arch:10s} w{width:<4d} {hook:26s} other {r['other_ms_per_sae_step']:.2f} ms  "
+                f"Gram {r['husai_ms_per_sae_step']:.2f} ms per SAE-step  ratio {r['ratio']:.2f}x"
+            )
+        args.kinds = ""
+    for kind in filter(None, args.kinds.split(",")):
         for width in (16, 64) if args.small else (args.d_sae,):
             if args.small:
                 theirs, ours = _measure_small(
@@ -361,7 +437,9 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} torch threads, torch {torch.__version__}",
-        "sizes": SMALL | {"dead_window": args.dead_window, "grokked": args.grokked}
+        "sizes": {"units": KERNEL_UNITS, "sae_train": "configs/studies/default.yaml"}
+        if args.kernels
+        else SMALL | {"dead_window": args.dead_window, "grokked": args.grokked}
         if args.small
         else sizes,
         "other": other,

@@ -45,10 +45,10 @@ from husai.saes.base import BatchedSAE, on_accelerator, per_model_mm, per_model_
 
 GRAM_MAX_WIDTH_RATIO = 0.5
 """TopK-family SAEs with ``d_sae <= ratio * d_in`` train through the Gram form. Measured per
-training step against the dense/sparse kernels on the default study's activations (its
-settings, 2 threads, AuxK running on 2-50% dead latents): residual stream (d_in 128) TopK
-2.3x at width 16 and 1.7x at 64, Matryoshka 2.0x and BatchTopK 1.4x at 64; MLP (d_in 512)
-TopK 2.9x at width 64 and 2.4x at 128."""
+training step against the dense/sparse kernels on the default study's activations and
+settings, AuxK running (``benchmarks/sae_training.py --kernels``, 2 threads): residual
+stream (d_in 128) TopK 2.0x at widths 16 and 64, Matryoshka 1.9x and BatchTopK 1.4x at 64;
+MLP (d_in 512) TopK 3.5x at width 64 and 3.0x at 128."""
 GRAM_MAX_WIDTH_RATIO_L1 = 0.25
 """The same for ReLU-L1, which has no AuxK to gain on: on synthetic activations (d_in 128,
 2 threads) the Gram form was 1.25x at width 16, 1.14x at 32 and 0.85x at 64 of the dense

@@ -257,8 +257,7 @@ class ModelMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, A_NXY: Tensor, B_NYZ: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(A_NXY, B_NYZ)
-        n, x, z = B_NYZ.shape[0], A_NXY.shape[1], B_NYZ.shape[2]
-        return _mm_into(A_NXY.new_empty(n, x, z), A_NXY, B_NYZ)
+        return per_model_mm(A_NXY, B_NYZ)
 
     @staticmethod
     def backward(ctx: Any, g_NXZ: Tensor):  # type: ignore[override]
@@ -266,9 +265,9 @@ class ModelMM(torch.autograd.Function):
         g_NXZ = g_NXZ.contiguous()
         dA = dB = None
         if ctx.needs_input_grad[0]:
-            dA = _mm_into(A_NXY.new_empty(A_NXY.shape), g_NXZ, B_NYZ.transpose(1, 2))
+            dA = per_model_mm(g_NXZ, B_NYZ.transpose(1, 2))
         if ctx.needs_input_grad[1]:
-            dB = _mm_into(B_NYZ.new_empty(B_NYZ.shape), A_NXY.transpose(1, 2), g_NXZ)
+            dB = per_model_mm(A_NXY.transpose(1, 2), g_NXZ)
         return dA, dB
 
 

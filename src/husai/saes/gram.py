@@ -104,10 +104,12 @@ class GramLossFn(torch.autograd.Function):
         X_NBS, u_NS = gi.P_NBT[:, :, s:], gi.c_NT[:, s:]
         uX_NBS = u_NS[:, None, :] - X_NBS
         const_N = (b_dec * b_dec).sum(-1) - 2 * (b_dec * gi.xbar_D).sum(-1) + gi.x2
-        R_NBS = per_model_mm(z_NBS, G_NSS).add_(uX_NBS)  # e W_dec^T
+        R_NBS = C_SS = None  # R = e W_dec^T: the plain mse's, and AuxK's with any mse
+        if nest_S is None or za_NBS is not None:
+            R_NBS = per_model_mm(z_NBS, G_NSS).add_(uX_NBS)
         Rn_NBS, n_terms = R_NBS, 1
         if nest_S is not None:  # Matryoshka: latent j enters nest_S[j] of the prefix losses
-            C_SS = torch.minimum(nest_S[:, None], nest_S[None, :])
+            C_SS = torch.minimum(nest_S[:, None], nest_S[None, :])  # latents i and j share
             Rn_NBS = per_model_mm(z_NBS, G_NSS * C_SS).add_(uX_NBS * nest_S)
             n_terms = int(nest_S.max())
         mse_N = (z_NBS * (Rn_NBS + uX_NBS * (1 if nest_S is None else nest_S))).sum(-1).mean(-1)
@@ -123,7 +125,7 @@ class GramLossFn(torch.autograd.Function):
         if l1:
             norms_NS = W_dec.norm(dim=-1)
             l1_N = (zsum_NS * norms_NS).sum(-1) / batch
-        ctx.gi, ctx.l1, ctx.nest, ctx.n_terms = gi, l1, nest_S, n_terms
+        ctx.gi, ctx.l1, ctx.nest, ctx.C_SS, ctx.n_terms = gi, l1, nest_S, C_SS, n_terms
         ctx.saved = (z_NBS, za_NBS, R_NBS, Rn_NBS, zaG_NBS, norms_NS, zsum_NS, W_dec, b_dec)
         return mse_N, aux_N, l1_N
 
@@ -139,7 +141,7 @@ class GramLossFn(torch.autograd.Function):
         w_NBS = zn_NBS * g_mse_N[:, None, None]  # the codes as the x and b_dec terms weigh them
         H_NSS = per_model_mm(z_NBS.transpose(1, 2), z_NBS)
         if nest_S is not None:
-            H_NSS *= torch.minimum(nest_S[:, None], nest_S[None, :])
+            H_NSS *= ctx.C_SS
         H_NSS *= g_mse_N[:, None, None]
         if za_NBS is not None:
             g_aux_NBS = (zaG_NBS + R_NBS).mul_((2 * g_aux_N / batch)[:, None, None])

@@ -67,6 +67,13 @@ def rank_mask(k_N: Tensor, width: int) -> Tensor:
     return (torch.arange(width)[None, :] < k_N[:, None]).float()[:, None, :]
 
 
+def selected_codes(acts_NBS: Tensor, idx_NBK: Tensor, k_N: Tensor) -> tuple[Tensor, Tensor]:
+    """(values ``[N, B, K]``, dense codes ``[N, B, S]``) of the latents ``idx`` selects,
+    sorted by value, each model keeping its first k_n."""
+    vals_NBK = acts_NBS.gather(-1, idx_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
+    return vals_NBK, torch.zeros_like(acts_NBS).scatter_(-1, idx_NBK, vals_NBK)
+
+
 class TopKArch(Architecture):
     name = "topk"
     config_class = TopKSAEConfig
@@ -82,9 +89,7 @@ class TopKArch(Architecture):
     def encode(self, sae: BatchedSAE, x_NBD: Tensor) -> Tensor:
         k_N = self.hp("k", torch.long)
         acts_NBS = sae.pre_acts(x_NBD).relu_()
-        idx_NBK = topk_indices(acts_NBS, int(k_N.max()))
-        codes_NBK = acts_NBS.gather(-1, idx_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
-        return torch.zeros_like(acts_NBS).scatter_(-1, idx_NBK, codes_NBK)
+        return selected_codes(acts_NBS, topk_indices(acts_NBS, int(k_N.max())), k_N)[1]
 
     def train_forward(self, sae: BatchedSAE, x_NBD: Tensor, dead_NS: Tensor) -> TrainOut:
         k_N = self.hp("k", torch.long)
@@ -92,9 +97,7 @@ class TopKArch(Architecture):
             gi = gram_inputs(sae, x_NBD)
             with torch.no_grad():
                 pre_NBS = gi.pre_NBS.relu_()
-                idx_NBK = topk_indices(pre_NBS, int(k_N.max()))
-                vals_NBK = pre_NBS.gather(-1, idx_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
-                codes_NBS = torch.zeros_like(pre_NBS).scatter_(-1, idx_NBK, vals_NBK)
+                _, codes_NBS = selected_codes(pre_NBS, topk_indices(pre_NBS, int(k_N.max())), k_N)
             return gram_auxk_out(self, sae, gi, codes_NBS, dead_NS)
         with torch.no_grad():
             x_in_NBD = x_NBD - sae.b_dec[:, None, :]
@@ -103,8 +106,7 @@ class TopKArch(Architecture):
             idx_NBK = topk_indices(pre_NBS, int(k_N.max()))
         if sae.d_sae <= DENSE_MAX_WIDTH or on_accelerator(sae):
             with torch.no_grad():
-                vals_NBK = pre_NBS.gather(-1, idx_NBK) * rank_mask(k_N, idx_NBK.shape[-1])
-                codes_NBS = torch.zeros_like(pre_NBS).scatter_(-1, idx_NBK, vals_NBK)
+                vals_NBK, codes_NBS = selected_codes(pre_NBS, idx_NBK, k_N)
             mse_N, err_NBD = dense_recon(sae, x_NBD, x_in_NBD, codes_NBS)
             losses = {"mse": mse_N}
             active_NBK = vals_NBK > 0
